@@ -1,0 +1,189 @@
+"""Command line: ``conda-env-exporter [serve|report|demo] [--once] [options]``.
+
+Flags are generated from :class:`exporter.config.Settings`; a flag given on the command line wins over
+its ``CONDA_EXPORTER_*`` env var. Usage errors and missing roots print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+from prometheus_client import generate_latest
+from pydantic import ValidationError
+
+from exporter import __version__
+from exporter.collector import build_registry
+from exporter.config import ENV_PREFIX, Settings, flag_of, parse_listen_address
+from exporter.demo import build_demo_root
+from exporter.discover import RootNotFoundError, detect_roots, discover_root, validate_roots
+from exporter.http import MetricsServer, make_app
+from exporter.report import render_report
+from exporter.scanner import ScanOptions, full_scan
+from exporter.service import ScanScheduler
+from exporter.snapshot import SnapshotStore
+
+__all__ = ["main"]
+
+log = logging.getLogger("exporter")
+
+EXIT_USAGE = 2
+STOP_TIMEOUT_SECONDS = 1.5  # SIGTERM must end the process within 2 s
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: reported in one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="conda-env-exporter",
+        description="Prometheus exporter of the true, hardlink-aware disk usage of conda environments.",
+        epilog="Every option can also be set by the env var shown with it; the flag wins.",
+    )
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=("serve", "report", "demo"),
+        default="serve",
+        help="serve: HTTP /metrics (default); report: print a table and exit; "
+        "demo: build a demo root in a temporary dir and serve it",
+    )
+    parser.add_argument("--once", action="store_true", help="scan, print the exposition to stdout and exit")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    for name, info in Settings.model_fields.items():
+        env_var = f"{ENV_PREFIX}{name.upper()}"
+        help_text = f"{info.description} [env {env_var}]"
+        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
+        if info.annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif name == "roots":
+            kwargs.update(action="append", metavar="PATH")
+        else:
+            kwargs["metavar"] = name.rsplit("_", 1)[-1].upper()
+        parser.add_argument(flag_of(name), **kwargs)
+    return parser
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    given = {name: getattr(args, name) for name in Settings.model_fields if hasattr(args, name)}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{flag_of(str(err['loc'][0])) if err['loc'] else 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        raise UsageError(problems) from None
+
+
+def resolve_roots(settings: Settings) -> list[str]:
+    """Roots asked for, else auto-detected ones; raises UsageError when there is none."""
+    if settings.roots:
+        try:
+            return validate_roots(settings.roots)
+        except RootNotFoundError as exc:
+            raise UsageError(str(exc)) from None
+    roots = detect_roots(os.environ, os.environ.get("HOME"))
+    if roots:
+        log.info("auto-detected conda root(s): %s", ", ".join(roots))
+        return roots
+    raise UsageError(
+        "no conda root found (looked at $CONDA_ROOT, $CONDA_PREFIX, $MAMBA_ROOT_PREFIX, $CONDA_EXE, "
+        "~/miniconda3, ~/anaconda3, ~/miniforge3, ~/mambaforge, /opt/conda): pass --root PATH, "
+        "or try 'conda-env-exporter demo'"
+    )
+
+
+def _scan(settings: Settings, roots: list[str]) -> SnapshotStore:
+    store = SnapshotStore()
+    options = ScanOptions(settings.scan_workers, settings.scan_cross_filesystems)
+    store.publish(full_scan([discover_root(r) for r in roots], options), "startup")
+    return store
+
+
+def serve(settings: Settings, roots: list[str]) -> int:
+    """Serve /metrics until SIGTERM or SIGINT."""
+    host, port = parse_listen_address(settings.web_listen_address)
+    store = SnapshotStore()
+    scheduler = ScanScheduler(
+        roots, ScanOptions(settings.scan_workers, settings.scan_cross_filesystems), settings.scan_interval, store
+    )
+    try:
+        server = MetricsServer(make_app(build_registry(store), store, settings.web_telemetry_path), host, port)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {settings.web_listen_address!r}: {exc.strerror}") from None
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    log.info("serving %s on %s, roots: %s", settings.web_telemetry_path, settings.web_listen_address, roots)
+    scheduler.start()
+    stop.wait()
+    server.stop()
+    if not scheduler.stop(STOP_TIMEOUT_SECONDS):
+        # A full scan is still walking in worker processes; its result is worthless now.
+        log.info("abandoning the scan in progress")
+        logging.shutdown()
+        os._exit(0)
+    return 0
+
+
+def run(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = load_settings(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r",
+        stream=sys.stderr,
+    )
+    if args.command == "demo":
+        with tempfile.TemporaryDirectory(prefix="conda-env-exporter-demo-") as tmp:
+            root = str(build_demo_root(Path(tmp) / "conda"))
+            log.info("demo root built at %s", root)
+            return serve(settings, [root])
+    try:
+        roots = resolve_roots(settings)
+    except UsageError:
+        if not (settings.demo_if_no_root and not settings.roots and args.command == "serve" and not args.once):
+            raise
+        log.warning("no conda root found; serving the built-in demo root instead")
+        with tempfile.TemporaryDirectory(prefix="conda-env-exporter-demo-") as tmp:
+            return serve(settings, [str(build_demo_root(Path(tmp) / "conda"))])
+    if args.once:
+        sys.stdout.write(generate_latest(build_registry(_scan(settings, roots))).decode())
+        return 0
+    if args.command == "report":
+        snapshot = _scan(settings, roots).snapshot
+        assert snapshot is not None
+        sys.stdout.write(render_report(snapshot))
+        return 0
+    return serve(settings, roots)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``conda-env-exporter`` command."""
+    try:
+        return run(argv)
+    except UsageError as exc:
+        print(f"conda-env-exporter: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,61 @@
+"""Per-environment metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from exporter.discover import label_value
+from exporter.snapshot import EnvUsage, SnapshotStore
+
+LABELS = ("root", "env", "prefix")
+
+# name -> (help, value of one env)
+METRICS: dict[str, tuple[str, Callable[[EnvUsage], float]]] = {
+    "conda_env_unique_bytes": (
+        "Allocated bytes of inodes whose every link lies inside the env: what deleting the env frees.",
+        lambda e: e.usage.unique_bytes,
+    ),
+    "conda_env_shared_bytes": (
+        "Allocated bytes of inodes under the env that also have links outside it, each inode once.",
+        lambda e: e.usage.shared_bytes,
+    ),
+    "conda_env_apparent_bytes": (
+        "Sum of st_size over every path of the env, every link counted (du -s -b -l).",
+        lambda e: e.usage.apparent_bytes,
+    ),
+    "conda_env_files": (
+        "Non-directory paths in the env (regular files and symlinks).",
+        lambda e: e.usage.files,
+    ),
+    "conda_env_hardlinked_files": (
+        "Non-directory paths in the env whose inode has more than one link.",
+        lambda e: e.usage.hardlinked_files,
+    ),
+    "conda_env_scan_errors": (
+        "Paths that could not be read during the env's last scan; non-zero means its numbers are partial.",
+        lambda e: len(e.usage.errors),
+    ),
+    "conda_env_last_scan_timestamp_seconds": (
+        "Unix time at which the env's numbers were last computed.",
+        lambda e: e.scanned_at,
+    ),
+}
+
+
+class EnvCollector(Collector):
+    """Renders one gauge per env and metric from the latest snapshot."""
+
+    def __init__(self, store: SnapshotStore) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        snapshot = self._store.snapshot
+        envs = snapshot.envs if snapshot else ()
+        for name, (help_text, value) in METRICS.items():
+            family = GaugeMetricFamily(name, help_text, labels=LABELS)
+            for env in envs:
+                family.add_metric((label_value(env.root), label_value(env.name), label_value(env.prefix)), value(env))
+            yield family

@@ -1,0 +1,62 @@
+"""Per-package-cache metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from exporter.discover import label_value
+from exporter.snapshot import PkgsUsage, SnapshotStore
+
+LABELS = ("root", "pkgs_dir")
+
+METRICS: dict[str, tuple[str, Callable[[PkgsUsage], float]]] = {
+    "conda_pkgs_bytes": (
+        "Allocated bytes of the whole package cache directory, each inode once (du -s).",
+        lambda p: p.bytes,
+    ),
+    "conda_pkgs_apparent_bytes": (
+        "Sum of st_size over every path of the package cache, every link counted.",
+        lambda p: p.apparent_bytes,
+    ),
+    "conda_pkgs_packages": (
+        "Extracted package directories (top-level dirs holding info/) in the cache.",
+        lambda p: p.packages,
+    ),
+    "conda_pkgs_tarball_bytes": (
+        "Allocated bytes of package archives (.conda, .tar.bz2, .part) with one link: what "
+        "'conda clean --tarballs' frees.",
+        lambda p: p.tarball_bytes,
+    ),
+    "conda_pkgs_tarballs": (
+        "Package archives that 'conda clean --tarballs' would remove.",
+        lambda p: p.tarballs,
+    ),
+    "conda_pkgs_unreferenced_bytes": (
+        "Allocated bytes of extracted packages none of whose files has a second link: what "
+        "'conda clean --packages' frees.",
+        lambda p: p.unreferenced_bytes,
+    ),
+    "conda_pkgs_unreferenced_packages": (
+        "Extracted packages linked into no env, as 'conda clean --packages' decides.",
+        lambda p: p.unreferenced_packages,
+    ),
+}
+
+
+class PkgsCollector(Collector):
+    """Renders one gauge per package cache and metric from the latest snapshot."""
+
+    def __init__(self, store: SnapshotStore) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        snapshot = self._store.snapshot
+        caches = snapshot.pkgs if snapshot else ()
+        for name, (help_text, value) in METRICS.items():
+            family = GaugeMetricFamily(name, help_text, labels=LABELS)
+            for cache in caches:
+                family.add_metric((label_value(cache.root), label_value(cache.path)), value(cache))
+            yield family

@@ -1,0 +1,131 @@
+"""Configuration: one typed object, from command-line flags over ``CONDA_EXPORTER_*`` env vars over defaults.
+
+Each field declares its command-line flag next to its description, so ``--help``, the env var names
+and the README table all come from this one place (``python -m exporter.config`` prints the table).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["DEFAULT_PORT", "ENV_PREFIX", "Settings", "flag_of", "markdown_table"]
+
+ENV_PREFIX = "CONDA_EXPORTER_"
+DEFAULT_PORT = 9867
+
+
+def _flag(flag: str) -> dict[str, Any]:
+    return {"flag": flag}
+
+
+class Settings(BaseSettings):
+    """Everything the exporter can be told. Durations are in seconds."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Conda installation to scan; repeat the flag for several. The env var takes "
+        "paths separated by ':'. Empty: auto-detect.",
+        json_schema_extra=_flag("--root"),
+    )
+    web_listen_address: str = Field(
+        default=f":{DEFAULT_PORT}",
+        description="Address to serve HTTP on, as [host]:port; an empty host means all interfaces.",
+        json_schema_extra=_flag("--web.listen-address"),
+    )
+    web_telemetry_path: str = Field(
+        default="/metrics",
+        description="Path under which the metrics are served.",
+        json_schema_extra=_flag("--web.telemetry-path"),
+    )
+    scan_interval: float = Field(
+        default=300.0,
+        ge=0,
+        description="Seconds between full rescans of every root (0: only the startup scan).",
+        json_schema_extra=_flag("--scan.interval"),
+    )
+    scan_workers: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Worker processes for a full scan (1: scan in the exporter's own process).",
+        json_schema_extra=_flag("--scan.workers"),
+    )
+    scan_cross_filesystems: bool = Field(
+        default=False,
+        description="Descend into other filesystems mounted below a root (off: like du -x).",
+        json_schema_extra=_flag("--scan.cross-filesystems"),
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info",
+        description="Least severe log level written to stderr.",
+        json_schema_extra=_flag("--log.level"),
+    )
+    demo_if_no_root: bool = Field(
+        default=False,
+        description="When no root is given or found, build and serve the demo root instead of failing.",
+        json_schema_extra=_flag("--demo-if-no-root"),
+    )
+
+    @field_validator("roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part for part in value.split(os.pathsep) if part]
+        return value
+
+    @field_validator("web_listen_address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        parse_listen_address(value)
+        return value
+
+    @field_validator("web_telemetry_path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        if not value.startswith("/") or value in ("/", "/healthz", "/readyz"):
+            raise ValueError("must start with '/' and not be '/', '/healthz' or '/readyz'")
+        return value
+
+
+def parse_listen_address(address: str) -> tuple[str, int]:
+    """Split ``[host]:port`` (IPv6 hosts in brackets) into host and port; raise ValueError if bad."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep:
+        raise ValueError(f"{address!r} is not [host]:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"port {port_text!r} in {address!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} in {address!r} is out of range")
+    return host, port
+
+
+def flag_of(field_name: str) -> str:
+    """The command-line flag of a Settings field."""
+    extra = Settings.model_fields[field_name].json_schema_extra
+    assert isinstance(extra, dict)
+    return str(extra["flag"])
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from the Settings fields."""
+    lines = ["| flag | env var | default | meaning |", "|---|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        shown = "auto-detect" if name == "roots" else f"`{default}`".replace("`False`", "off")
+        lines.append(f"| `{flag_of(name)}` | `{ENV_PREFIX}{name.upper()}` | {shown} | {info.description} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -1,0 +1,112 @@
+"""Scan step for a package cache (``pkgs/``): sizes, tarballs, and what ``conda clean`` would free.
+
+Rules follow conda's own ``conda clean`` (``conda/cli/main_clean.py``):
+
+* ``--packages``: a top-level directory holding ``info/`` is an extracted package; it is
+  *unreferenced* (linked into no env) when none of its files has ``st_nlink > 1``. conda sums
+  ``st_size``; we report allocated bytes like every other ``_bytes`` metric here.
+* ``--tarballs``: top-level files ending in ``.tar.bz2``, ``.conda`` or their ``.part`` forms whose
+  ``st_nlink == 1``.
+
+A big cache is scanned in chunks of top-level entries so that worker processes share the work; chunk
+0 also covers the cache directory itself and its top-level files.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from exporter.account import BLOCK_SIZE, TreeUsage, account_tree
+from exporter.walk import TreeWalk, WalkError, error_kind, walk_tree
+
+__all__ = ["PkgsChunk", "list_package_dirs", "scan_pkgs_chunk"]
+
+TARBALL_SUFFIXES = (".tar.bz2", ".conda", ".tar.bz2.part", ".conda.part")
+
+
+@dataclass(frozen=True)
+class PkgsChunk:
+    """What one chunk of a package cache holds. Byte counts are allocated bytes."""
+
+    pkgs_dir: str
+    usage: TreeUsage
+    packages: int
+    unreferenced_packages: int
+    unreferenced_bytes: int
+    tarballs: int
+    tarball_bytes: int
+
+
+def list_package_dirs(pkgs_dir: str) -> tuple[list[str], list[WalkError]]:
+    """Top-level subdirectories (not symlinks) of ``pkgs_dir``, sorted, as absolute paths."""
+    try:
+        with os.scandir(pkgs_dir) as entries:
+            names = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+    except OSError as exc:
+        return [], [WalkError(error_kind(exc), pkgs_dir, exc.strerror or str(exc))]
+    return [os.path.join(pkgs_dir, name) for name in names], []
+
+
+def _count_tarballs(pkgs_dir: str, errors: list[WalkError]) -> tuple[int, int]:
+    count = 0
+    blocks = 0
+    try:
+        with os.scandir(pkgs_dir) as entries:
+            for entry in entries:
+                if not entry.name.endswith(TARBALL_SUFFIXES):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError as exc:
+                    errors.append(WalkError(error_kind(exc), entry.path, exc.strerror or str(exc)))
+                    continue
+                if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                    count += 1
+                    blocks += st.st_blocks
+    except OSError:
+        pass  # the walk of the cache directory itself reports why it cannot be read
+    return count, blocks * BLOCK_SIZE
+
+
+def scan_pkgs_chunk(
+    pkgs_dir: str,
+    package_dirs: list[str],
+    include_top: bool,
+    all_package_dirs: frozenset[str] = frozenset(),
+    cross_filesystems: bool = False,
+) -> PkgsChunk:
+    """Walk ``package_dirs`` (top-level dirs of ``pkgs_dir``) and, with ``include_top``, the cache
+    directory itself and its top-level files (``all_package_dirs`` are then left out of that walk)."""
+    merged = TreeWalk(path=pkgs_dir)
+    extra_errors: list[WalkError] = []
+    tarballs = tarball_bytes = 0
+    if include_top:
+        top = walk_tree(pkgs_dir, exclude=all_package_dirs, cross_filesystems=cross_filesystems)
+        merged.dev = top.dev
+        merged.merge(top)
+        tarballs, tarball_bytes = _count_tarballs(pkgs_dir, extra_errors)
+    packages = unreferenced = unreferenced_blocks = 0
+    for package_dir in package_dirs:
+        walk = walk_tree(package_dir, cross_filesystems=cross_filesystems)
+        if not merged.dev:
+            merged.dev = walk.dev
+        if os.path.isdir(os.path.join(package_dir, "info")) and not os.path.islink(package_dir):
+            packages += 1
+            # conda's rule: no file with st_nlink > 1. A package we could not read fully is not
+            # declared unreferenced: conda would fail on it too.
+            if walk.hardlinked_files == 0 and not walk.errors:
+                unreferenced += 1
+                unreferenced_blocks += walk.private_blocks
+        merged.merge(walk)
+    merged.errors.extend(extra_errors)
+    return PkgsChunk(
+        pkgs_dir=pkgs_dir,
+        usage=account_tree(merged),
+        packages=packages,
+        unreferenced_packages=unreferenced,
+        unreferenced_bytes=unreferenced_blocks * BLOCK_SIZE,
+        tarballs=tarballs,
+        tarball_bytes=tarball_bytes,
+    )

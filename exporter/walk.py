@@ -1,0 +1,167 @@
+"""Walk one directory tree and record what hardlink accounting needs, in flat arrays.
+
+The walk never follows symlinks (a symlink is counted as the non-directory it is), never leaves the
+filesystem it started on unless told to, and never raises for trouble inside the tree: unreadable
+directories and paths that vanish mid-walk are recorded as :class:`WalkError` and the walk goes on.
+
+Per path it keeps only counters, except for non-directories with ``st_nlink > 1``, whose
+``(st_ino, st_nlink, st_blocks)`` go into three ``array('Q')`` columns (24 bytes per hardlinked path),
+because whether such an inode is private to the tree is only known once the whole tree is walked.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from array import array
+from dataclasses import dataclass, field
+
+__all__ = ["TreeWalk", "WalkError", "error_kind", "walk_tree"]
+
+_OPEN_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class WalkError:
+    """Something the walk could not read. ``kind`` is one of ``permission``, ``vanished``, ``io``."""
+
+    kind: str
+    path: str
+    message: str
+
+
+def error_kind(exc: OSError) -> str:
+    """Classify an OSError met while walking."""
+    if isinstance(exc, PermissionError):
+        return "permission"
+    # ENOTDIR/ELOOP: a directory was replaced by a file or symlink between listing and opening it.
+    if isinstance(exc, FileNotFoundError) or exc.errno in (errno.ENOTDIR, errno.ELOOP):
+        return "vanished"
+    return "io"
+
+
+@dataclass
+class TreeWalk:
+    """Raw result of walking one tree.
+
+    Byte counters are in bytes; ``private_blocks`` and the ``blocks`` column are in 512-byte units
+    (``st_blocks``), so allocated bytes are ``blocks * 512``, exactly what ``du -B1`` adds up.
+    """
+
+    path: str
+    dev: int = 0
+    dirs: int = 0
+    files: int = 0
+    hardlinked_files: int = 0
+    apparent_bytes: int = 0
+    # Blocks of inodes known to be private to this tree during the walk: directories and nlink == 1.
+    private_blocks: int = 0
+    ino: array[int] = field(default_factory=lambda: array("Q"))
+    nlink: array[int] = field(default_factory=lambda: array("Q"))
+    blocks: array[int] = field(default_factory=lambda: array("Q"))
+    skipped_mounts: int = 0
+    errors: list[WalkError] = field(default_factory=list)
+
+    def merge(self, other: TreeWalk) -> None:
+        """Add ``other`` (a disjoint tree on the same filesystem) into this one."""
+        self.dirs += other.dirs
+        self.files += other.files
+        self.hardlinked_files += other.hardlinked_files
+        self.apparent_bytes += other.apparent_bytes
+        self.private_blocks += other.private_blocks
+        self.ino.extend(other.ino)
+        self.nlink.extend(other.nlink)
+        self.blocks.extend(other.blocks)
+        self.skipped_mounts += other.skipped_mounts
+        self.errors.extend(other.errors)
+
+
+def walk_tree(
+    top: str,
+    exclude: frozenset[str] = frozenset(),
+    cross_filesystems: bool = False,
+) -> TreeWalk:
+    """Walk ``top`` (a directory, itself counted) and everything below it.
+
+    ``exclude`` holds absolute directory paths (as ``top``/…/name strings) that are skipped entirely,
+    the directory itself included: that is how the base env leaves out ``envs/`` and ``pkgs/``.
+    Directories on another filesystem are skipped (and counted in ``skipped_mounts``) unless
+    ``cross_filesystems``; then the hardlink identity would need ``st_dev`` too, so rows of other
+    devices are kept apart by the caller, which only enables it for trees it knows are single-device.
+    """
+    result = TreeWalk(path=top)
+    try:
+        top_stat = os.lstat(top)
+    except OSError as exc:
+        result.errors.append(WalkError(error_kind(exc), top, exc.strerror or str(exc)))
+        return result
+    if not stat.S_ISDIR(top_stat.st_mode):
+        result.errors.append(WalkError("vanished", top, "not a directory"))
+        return result
+    result.dev = dev = top_stat.st_dev
+    dirs = 1
+    files = 0
+    hardlinked = 0
+    apparent = top_stat.st_size
+    private_blocks = top_stat.st_blocks
+    skipped_mounts = 0
+    errors = result.errors
+    ino_append = result.ino.append
+    nlink_append = result.nlink.append
+    blocks_append = result.blocks.append
+    pending = [top]
+    pop = pending.pop
+    push = pending.append
+
+    while pending:
+        directory = pop()
+        try:
+            fd = os.open(directory, _OPEN_DIR_FLAGS)
+        except OSError as exc:
+            errors.append(WalkError(error_kind(exc), directory, exc.strerror or str(exc)))
+            continue
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError as exc:
+                        errors.append(
+                            WalkError(error_kind(exc), f"{directory}/{entry.name}", exc.strerror or str(exc))
+                        )
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        path = f"{directory}/{entry.name}"
+                        if path in exclude:
+                            continue
+                        if st.st_dev != dev and not cross_filesystems:
+                            skipped_mounts += 1
+                            continue
+                        dirs += 1
+                        apparent += st.st_size
+                        private_blocks += st.st_blocks
+                        push(path)
+                        continue
+                    files += 1
+                    apparent += st.st_size
+                    nlink = st.st_nlink
+                    if nlink == 1:
+                        private_blocks += st.st_blocks
+                    else:
+                        hardlinked += 1
+                        ino_append(st.st_ino)
+                        nlink_append(nlink)
+                        blocks_append(st.st_blocks)
+        except OSError as exc:
+            errors.append(WalkError(error_kind(exc), directory, exc.strerror or str(exc)))
+        finally:
+            os.close(fd)
+
+    result.dirs = dirs
+    result.files = files
+    result.hardlinked_files = hardlinked
+    result.apparent_bytes = apparent
+    result.private_blocks = private_blocks
+    result.skipped_mounts = skipped_mounts
+    return result

@@ -1,0 +1,53 @@
+"""Start the exporter as a real subprocess and talk to it over real HTTP, polling with deadlines."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def fetch(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    """Status and body of a GET; HTTP errors are returned, not raised."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return int(err.code), err.read().decode()
+
+
+def poll(check: Callable[[], T | None], deadline_seconds: float, what: str, interval: float = 0.05) -> T:
+    """Call ``check`` until it returns something other than None, or fail after the deadline."""
+    deadline = time.monotonic() + deadline_seconds
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except (OSError, urllib.error.URLError) as exc:  # server not listening yet
+            last_error = exc
+            result = None
+        if result is not None:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {deadline_seconds} s waiting for {what}; last error: {last_error}")
+
+
+def wait_ready(proc: subprocess.Popen[str], port: int, deadline_seconds: float = 60) -> None:
+    def ready() -> bool | None:
+        if proc.poll() is not None:
+            raise AssertionError(f"exporter exited with {proc.returncode}")
+        return True if fetch(f"http://127.0.0.1:{port}/readyz")[0] == 200 else None
+
+    poll(ready, deadline_seconds, "/readyz")
