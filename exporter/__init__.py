@@ -1,6 +1,6 @@
 """conda-env-exporter: Prometheus exporter of the true, hardlink-aware disk usage of conda envs.
 
-Data flow: discover -> walk -> account -> snapshot -> collector/http, with scheduling in service.
+Data flow: discover -> walk -> account -> snapshot -> collector/http; scheduling in daemon, change detection in watch.
 """
 
 from importlib.metadata import PackageNotFoundError, version

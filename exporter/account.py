@@ -13,14 +13,23 @@ walking this tree again.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
 
 from exporter.walk import TreeWalk, WalkError
 
-__all__ = ["BLOCK_SIZE", "SharedInodes", "TreeUsage", "account_tree", "distinct_bytes"]
+__all__ = [
+    "BLOCK_SIZE",
+    "LinkDelta",
+    "SharedInodes",
+    "TreeUsage",
+    "account_tree",
+    "apply_link_delta",
+    "distinct_bytes",
+    "link_delta",
+]
 
 BLOCK_SIZE = 512
 """Unit of ``st_blocks`` on Linux, whatever the filesystem's block size."""
@@ -121,8 +130,85 @@ def distinct_bytes(usages: Iterable[TreeUsage]) -> int:
         if len(usage.shared):
             by_dev.setdefault(usage.dev, []).append(usage.shared)
     for tables in by_dev.values():
-        ino = np.concatenate([t.ino for t in tables])
-        blocks = np.concatenate([t.blocks for t in tables])
+        # rows re-accounted as private (found >= nlink) are already in their tree's unique bytes
+        outside = [t.found < t.nlink for t in tables]
+        ino = np.concatenate([t.ino[o] for t, o in zip(tables, outside, strict=True)])
+        blocks = np.concatenate([t.blocks[o] for t, o in zip(tables, outside, strict=True)])
         _, first = np.unique(ino, return_index=True)
         total += int(blocks[first].sum()) * BLOCK_SIZE
     return total
+
+
+@dataclass(frozen=True)
+class LinkDelta:
+    """Links removed per inode on one device: ``removed[i]`` links of inode ``ino[i]`` went away
+    (negative: links were added). ``ino`` is sorted and unique."""
+
+    dev: int
+    ino: U64
+    removed: npt.NDArray[np.int64]
+
+
+def link_delta(old: Iterable[SharedInodes], new: Iterable[SharedInodes]) -> dict[int, LinkDelta]:
+    """Per device, how the links found in a set of rescanned trees changed: old ``found`` minus new
+    ``found`` per inode (an inode missing from a table counts 0 there).
+
+    Only shared inodes are in the tables. That is exact for the rows of *other* trees' tables: an inode
+    shared with another tree was shared in every rescanned tree holding it, before and after, unless
+    that other tree changed too (then it must be in the rescanned set, and gets no delta).
+    """
+    by_dev: dict[int, tuple[list[U64], list[npt.NDArray[np.int64]]]] = {}
+    for tables, sign in ((old, 1), (new, -1)):
+        for table in tables:
+            if not len(table):
+                continue
+            inos, counts = by_dev.setdefault(table.dev, ([], []))
+            inos.append(table.ino)
+            counts.append(table.found.astype(np.int64) * sign)
+    deltas: dict[int, LinkDelta] = {}
+    for dev, (inos, counts) in by_dev.items():
+        ino = np.concatenate(inos)
+        count = np.concatenate(counts)
+        distinct, inverse = np.unique(ino, return_inverse=True)
+        removed = np.zeros(distinct.shape[0], dtype=np.int64)
+        np.add.at(removed, inverse, count)
+        keep = removed != 0
+        deltas[dev] = LinkDelta(dev, distinct[keep], removed[keep])
+    return deltas
+
+
+def apply_link_delta(usage: TreeUsage, deltas: dict[int, LinkDelta]) -> TreeUsage:
+    """Re-account ``usage`` (a tree that was not rescanned) after links elsewhere changed.
+
+    Each row of its shared table whose inode is in the delta gets ``nlink -= removed``; a row whose
+    ``found >= nlink`` then has all its links in this tree and moves from shared to unique bytes (and
+    its paths stop counting as hardlinked when ``nlink`` falls to 1); the reverse move happens too.
+    Returns ``usage`` itself when nothing changes. Cost: O(rows + delta) per tree, no filesystem access.
+    """
+    delta = deltas.get(usage.dev)
+    table = usage.shared
+    if delta is None or not len(table) or not len(delta.ino):
+        return usage
+    pos = np.searchsorted(delta.ino, table.ino)
+    pos_clipped = np.minimum(pos, len(delta.ino) - 1)
+    hit = delta.ino[pos_clipped] == table.ino
+    if not hit.any():
+        return usage
+    change = np.where(hit, delta.removed[pos_clipped], 0)
+    nlink = np.maximum(table.nlink.astype(np.int64) - change, 1).astype(np.uint64)
+    # Rows stay in the table even when all their links are inside the tree, so that a later delta
+    # (links added again, or a transient count seen by a walk racing with a change) can move them back.
+    was_private = table.found >= table.nlink
+    now_private = table.found >= nlink
+    gained = int(table.blocks[now_private & ~was_private].sum()) - int(table.blocks[was_private & ~now_private].sum())
+    was_linked = table.nlink > 1
+    now_linked = nlink > 1
+    linked_change = int(table.found[now_linked & ~was_linked].sum()) - int(table.found[was_linked & ~now_linked].sum())
+    shared = SharedInodes(dev=table.dev, ino=table.ino, nlink=nlink, found=table.found, blocks=table.blocks)
+    return replace(
+        usage,
+        unique_bytes=usage.unique_bytes + gained * BLOCK_SIZE,
+        shared_bytes=usage.shared_bytes - gained * BLOCK_SIZE,
+        hardlinked_files=usage.hardlinked_files + linked_change,
+        shared=shared,
+    )

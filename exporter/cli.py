@@ -23,12 +23,12 @@ from pydantic import ValidationError
 from exporter import __version__
 from exporter.collector import build_registry
 from exporter.config import ENV_PREFIX, Settings, flag_of, parse_listen_address
+from exporter.daemon import Daemon, DaemonConfig
 from exporter.demo import build_demo_root
 from exporter.discover import RootNotFoundError, detect_roots, discover_root, validate_roots
 from exporter.http import MetricsServer, make_app
 from exporter.report import render_report
 from exporter.scanner import ScanOptions, full_scan
-from exporter.service import ScanScheduler
 from exporter.snapshot import SnapshotStore
 
 __all__ = ["main"]
@@ -118,8 +118,16 @@ def serve(settings: Settings, roots: list[str]) -> int:
     """Serve /metrics until SIGTERM or SIGINT."""
     host, port = parse_listen_address(settings.web_listen_address)
     store = SnapshotStore()
-    scheduler = ScanScheduler(
-        roots, ScanOptions(settings.scan_workers, settings.scan_cross_filesystems), settings.scan_interval, store
+    scheduler = Daemon(
+        roots,
+        ScanOptions(settings.scan_workers, settings.scan_cross_filesystems),
+        DaemonConfig(
+            debounce=settings.watch_debounce,
+            mode=settings.watch_mode,
+            poll_interval=settings.watch_poll_interval,
+            reconcile_interval=settings.scan_interval,
+        ),
+        store,
     )
     try:
         server = MetricsServer(make_app(build_registry(store), store, settings.web_telemetry_path), host, port)

@@ -45,9 +45,10 @@ class Settings(BaseSettings):
         json_schema_extra=_flag("--web.telemetry-path"),
     )
     scan_interval: float = Field(
-        default=300.0,
+        default=21600.0,
         ge=0,
-        description="Seconds between full rescans of every root (0: only the startup scan).",
+        description="Seconds between reconcile scans: full rescans at low priority that catch what change "
+        "detection missed (0: never).",
         json_schema_extra=_flag("--scan.interval"),
     )
     scan_workers: int = Field(
@@ -61,6 +62,25 @@ class Settings(BaseSettings):
         default=False,
         description="Descend into other filesystems mounted below a root (off: like du -x).",
         json_schema_extra=_flag("--scan.cross-filesystems"),
+    )
+    watch_mode: Literal["auto", "inotify", "poll"] = Field(
+        default="auto",
+        description="Change detection: inotify watches, polling of fingerprints, or auto (poll for roots on "
+        "network filesystems or when a watch cannot be added, else inotify).",
+        json_schema_extra=_flag("--watch.mode"),
+    )
+    watch_debounce: float = Field(
+        default=2.0,
+        ge=0,
+        le=3600,
+        description="Seconds a burst of changes must be quiet before the changed env or cache is rescanned.",
+        json_schema_extra=_flag("--watch.debounce"),
+    )
+    watch_poll_interval: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds between fingerprint checks in poll mode.",
+        json_schema_extra=_flag("--watch.poll-interval"),
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info",

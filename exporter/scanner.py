@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from exporter.account import TreeUsage, account_tree, distinct_bytes
 from exporter.discover import EnvLocation, RootLayout
@@ -23,7 +23,7 @@ from exporter.pkgs import PkgsChunk, list_package_dirs, scan_pkgs_chunk
 from exporter.snapshot import EnvUsage, PkgsUsage, RootUsage, Snapshot
 from exporter.walk import WalkError, walk_tree
 
-__all__ = ["ScanOptions", "full_scan", "scan_env"]
+__all__ = ["ScanOptions", "full_scan", "pkgs_usage", "root_usage", "scan_env", "scan_pkgs", "scan_rest"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ class ScanOptions:
 
     workers: int = 2
     cross_filesystems: bool = False
+    # Added to the worker processes' nice value (reconcile scans run at low priority).
+    nice: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,27 @@ def scan_env(env: EnvLocation, options: ScanOptions) -> EnvUsage:
         scanned_at=time.time(),
         scan_seconds=time.monotonic() - started,
     )
+
+
+def scan_pkgs(root: str, pkgs_dir: str, options: ScanOptions) -> PkgsUsage:
+    """Walk and account one whole package cache in the calling process (all its chunks)."""
+    listing_errors: list[WalkError] = []
+    layout = RootLayout(path=root, envs=(), pkgs_dirs=(pkgs_dir,), envs_container=None, ignored_dirs=())
+    tasks = _tasks_for(layout, listing_errors)
+    chunks = [r for r in (_run_task(t, options) for t in tasks) if isinstance(r, PkgsChunk)]
+    if listing_errors and chunks:  # keep listing errors visible in the cache's errors
+        first = chunks[0]
+        usage = replace(first.usage, errors=first.usage.errors + tuple(listing_errors))
+        chunks[0] = replace(first, usage=usage)
+    return pkgs_usage(root, pkgs_dir, chunks)
+
+
+def scan_rest(layout: RootLayout, options: ScanOptions) -> TreeUsage | None:
+    """Walk what of ``layout`` is neither env nor cache: ``ROOT/envs`` minus the env prefixes."""
+    if not layout.envs_container:
+        return None
+    env_prefixes = frozenset(e.prefix for e in layout.envs if e.prefix != layout.path)
+    return account_tree(walk_tree(layout.envs_container, env_prefixes, options.cross_filesystems))
 
 
 def _run_task(task: _Task, options: ScanOptions) -> _Result:
@@ -125,11 +148,13 @@ def _run_all(tasks: Sequence[_Task], options: ScanOptions) -> Iterator[_Result]:
             yield _run_task(task, options)
         return
     workers = min(options.workers, len(tasks))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=_pool_context(), initializer=os.nice, initargs=(options.nice,)
+    ) as pool:
         yield from pool.map(_run_task, tasks, [options] * len(tasks), chunksize=1)
 
 
-def _pkgs_usage(root: str, pkgs_dir: str, chunks: list[PkgsChunk]) -> PkgsUsage:
+def pkgs_usage(root: str, pkgs_dir: str, chunks: list[PkgsChunk]) -> PkgsUsage:
     return PkgsUsage(
         root=root,
         path=pkgs_dir,
@@ -196,7 +221,7 @@ def full_scan(
     all_pkgs: list[PkgsUsage] = []
     roots: list[RootUsage] = []
     for layout in layouts:
-        pkgs = [_pkgs_usage(layout.path, d, chunk_results.get((layout.path, d), [])) for d in layout.pkgs_dirs]
+        pkgs = [pkgs_usage(layout.path, d, chunk_results.get((layout.path, d), [])) for d in layout.pkgs_dirs]
         envs = env_results[layout.path]
         roots.append(root_usage(layout, envs, pkgs, rest_results[layout.path]))
         all_envs.extend(envs)
@@ -214,6 +239,7 @@ def full_scan(
         completed_at=clock(),
         duration_seconds=time.monotonic() - started,
         errors=tuple(errors),
+        rest=tuple((root, usage) for root, usages in rest_results.items() for usage in usages),
     )
 
 

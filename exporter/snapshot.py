@@ -14,7 +14,7 @@ from exporter.account import TreeUsage
 from exporter.pkgs import PkgsChunk
 from exporter.walk import WalkError
 
-__all__ = ["EnvUsage", "PkgsUsage", "RootUsage", "Snapshot", "SnapshotStore"]
+__all__ = ["DURATION_BUCKETS", "EnvUsage", "PkgsUsage", "RootUsage", "Snapshot", "SnapshotStore"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,9 @@ class Snapshot:
     completed_at: float
     duration_seconds: float
     errors: tuple[WalkError, ...] = ()
+    # Per root, the usage of what is neither an env nor a cache (ROOT/envs itself, non-env dirs in it),
+    # kept so that root totals can be recomputed after rescanning one env.
+    rest: tuple[tuple[str, TreeUsage], ...] = ()
 
     def error_counts(self) -> Counter[str]:
         return Counter(e.kind for e in self.errors)
@@ -87,6 +90,38 @@ class ScanHealth:
     last_success: bool = False
     last_success_at: float = 0.0
     last_duration_seconds: float = 0.0
+    # Scan durations by trigger: cumulative counts per bucket of DURATION_BUCKETS, sum, count.
+    duration_buckets: dict[str, list[int]] = field(default_factory=dict)
+    duration_sum: dict[str, float] = field(default_factory=dict)
+    # Change detection, set by the daemon: active mode ("inotify", "poll" or "" when not watching).
+    watch_mode: str = ""
+    watches: int = 0
+    events_total: int = 0
+    queue_overflows_total: int = 0
+    watch_limit_reached: bool = False
+    # False while serving numbers loaded from a state file that no scan has confirmed yet.
+    results_verified: bool = True
+
+    def copy(self) -> ScanHealth:
+        return ScanHealth(
+            errors_total=Counter(self.errors_total),
+            scans_total=Counter(self.scans_total),
+            last_success=self.last_success,
+            last_success_at=self.last_success_at,
+            last_duration_seconds=self.last_duration_seconds,
+            duration_buckets={k: list(v) for k, v in self.duration_buckets.items()},
+            duration_sum=dict(self.duration_sum),
+            watch_mode=self.watch_mode,
+            watches=self.watches,
+            events_total=self.events_total,
+            queue_overflows_total=self.queue_overflows_total,
+            watch_limit_reached=self.watch_limit_reached,
+            results_verified=self.results_verified,
+        )
+
+
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+"""Upper bounds in seconds of the scan duration histogram (+Inf implied)."""
 
 
 class SnapshotStore:
@@ -102,8 +137,10 @@ class SnapshotStore:
     def snapshot(self) -> Snapshot | None:
         return self._snapshot  # a reference read is atomic; the object is immutable
 
-    def publish(self, snapshot: Snapshot, trigger: str) -> None:
-        """Swap in a complete scan result and count it."""
+    def publish(self, snapshot: Snapshot, trigger: str, verified: bool = True) -> None:
+        """Swap in a complete result and count it as one scan by ``trigger`` (startup, event, poll,
+        reconcile or state). ``snapshot.errors`` are the errors of this scan only; ``verified`` is
+        False for numbers loaded from a state file."""
         with self._lock:
             self._snapshot = snapshot
             health = self._health
@@ -112,6 +149,8 @@ class SnapshotStore:
             health.last_success = True
             health.last_success_at = snapshot.completed_at
             health.last_duration_seconds = snapshot.duration_seconds
+            health.results_verified = verified
+            self._observe(trigger, snapshot.duration_seconds)
         self._ready.set()
 
     def record_failure(self, trigger: str, duration_seconds: float) -> None:
@@ -120,18 +159,34 @@ class SnapshotStore:
             self._health.scans_total[(trigger, "error")] += 1
             self._health.last_success = False
             self._health.last_duration_seconds = duration_seconds
+            self._observe(trigger, duration_seconds)
+
+    def _observe(self, trigger: str, seconds: float) -> None:
+        buckets = self._health.duration_buckets.setdefault(trigger, [0] * (len(DURATION_BUCKETS) + 1))
+        for i, bound in enumerate(DURATION_BUCKETS):
+            if seconds <= bound:
+                buckets[i] += 1
+        buckets[-1] += 1
+        self._health.duration_sum[trigger] = self._health.duration_sum.get(trigger, 0.0) + seconds
+
+    def update_watch(self, **changes: object) -> None:
+        """Set change-detection fields of the health record (watch_mode, watches, events_total, ...)."""
+        with self._lock:
+            for name, value in changes.items():
+                if not hasattr(self._health, name):
+                    raise AttributeError(name)
+                setattr(self._health, name, value)
+
+    def count_events(self, events: int = 0, overflows: int = 0) -> None:
+        """Add to the received-event and queue-overflow counters."""
+        with self._lock:
+            self._health.events_total += events
+            self._health.queue_overflows_total += overflows
 
     def health(self) -> ScanHealth:
         """A copy of the health record, consistent at one instant."""
         with self._lock:
-            h = self._health
-            return ScanHealth(
-                errors_total=Counter(h.errors_total),
-                scans_total=Counter(h.scans_total),
-                last_success=h.last_success,
-                last_success_at=h.last_success_at,
-                last_duration_seconds=h.last_duration_seconds,
-            )
+            return self._health.copy()
 
     @property
     def ready(self) -> bool:

@@ -29,7 +29,8 @@ def test_families_help_and_types_match_golden(exposition: str) -> None:
 
 
 def test_label_names_are_bounded(exposition: str) -> None:
-    allowed = {"root", "env", "prefix", "pkgs_dir", "kind", "trigger", "result", "version", "python_version"}
+    allowed = {"root", "env", "prefix", "pkgs_dir", "kind", "trigger", "result", "version", "python_version", "mode"}
+    allowed.add("le")  # histogram buckets
     for name, series in samples(exposition).items():
         for labels in series:
             assert {k for k, _ in labels} <= allowed, name

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import platform
+import time
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.snapshot import SnapshotStore
+from exporter.snapshot import DURATION_BUCKETS, SnapshotStore
 
 ERROR_KINDS = ("permission", "vanished", "io", "metadata")
 
@@ -25,7 +26,14 @@ LAST_DURATION_HELP = "Wall time of the last full scan."
 SCAN_ERRORS = "conda_exporter_scan_errors"
 SCAN_ERRORS_HELP = "Paths that scans could not read, by kind (permission, vanished, io, metadata)."
 SCANS = "conda_exporter_scans"
-SCANS_HELP = "Scans run, by trigger and result."
+SCANS_HELP = "Scans run, by trigger (startup, event, poll, reconcile, state) and result."
+WATCH_MODES = ("inotify", "poll")
+SELF_GAUGES = {
+    "conda_exporter_watches": "Directories watched with inotify now.",
+    "conda_exporter_watch_limit_reached": "1 if the kernel refused a watch (inotify limits) and polling took over.",
+    "conda_exporter_results_verified": "0 while serving numbers loaded from the state file that no scan confirmed yet.",
+    "conda_exporter_oldest_result_age_seconds": "Age of the oldest env result served (now minus its scan time).",
+}
 ENVS = "conda_exporter_envs"
 ENVS_HELP = "Environments in the latest snapshot, over all roots."
 
@@ -58,3 +66,36 @@ class ExporterCollector(Collector):
         yield scans
 
         yield GaugeMetricFamily(ENVS, ENVS_HELP, value=len(snapshot.envs) if snapshot else 0)
+
+        durations = HistogramMetricFamily(
+            "conda_exporter_scan_duration_seconds", "Wall time of scans, by trigger.", labels=("trigger",)
+        )
+        for trigger, counts in sorted(health.duration_buckets.items()):
+            bounds = [*(str(b) for b in DURATION_BUCKETS), "+Inf"]
+            durations.add_metric(
+                (trigger,), list(zip(bounds, (float(c) for c in counts), strict=True)), health.duration_sum[trigger]
+            )
+        yield durations
+        mode = GaugeMetricFamily(
+            "conda_exporter_watch_mode", "1 for the active change detection mode (inotify or poll).", labels=("mode",)
+        )
+        for name in WATCH_MODES:
+            mode.add_metric((name,), 1 if health.watch_mode == name else 0)
+        yield mode
+        yield CounterMetricFamily(
+            "conda_exporter_events", "Filesystem events received from inotify.", value=health.events_total
+        )
+        yield CounterMetricFamily(
+            "conda_exporter_queue_overflows",
+            "Times the kernel's inotify queue overflowed (events lost; a reconcile scan follows).",
+            value=health.queue_overflows_total,
+        )
+        oldest = time.time() - min(e.scanned_at for e in snapshot.envs) if snapshot and snapshot.envs else 0.0
+        values = {
+            "conda_exporter_watches": health.watches,
+            "conda_exporter_watch_limit_reached": 1 if health.watch_limit_reached else 0,
+            "conda_exporter_results_verified": 1 if health.results_verified else 0,
+            "conda_exporter_oldest_result_age_seconds": max(0.0, oldest),
+        }
+        for name, help_text in SELF_GAUGES.items():
+            yield GaugeMetricFamily(name, help_text, value=values[name])

@@ -1,0 +1,315 @@
+"""The incremental daemon: a startup scan, then work only where something changed.
+
+One worker thread owns the state (the latest Snapshot and the root layouts). Change detection
+(:mod:`exporter.watch`, inotify or polling) marks *targets* dirty; once a target's burst of changes has
+been quiet for ``debounce`` seconds, the worker rescans the dirty targets together as one batch:
+
+* an env target rescans that env in-process (or drops it when it is gone) and also rescans its
+  root's package cache, because installing links cache files that were private to the cache (only a
+  walk of the cache sees them become shared) and removing can make cache packages unreferenced;
+* a root target re-discovers the root: new envs are scanned, removed ones dropped, ``envs/`` rewalked;
+* every tree *not* in the batch is re-accounted without walking it, from the change in links per
+  inode of the batch's trees (:func:`exporter.account.link_delta`).
+
+A new immutable Snapshot is then published whole. A reconcile full scan (low priority, worker
+processes) runs every ``reconcile_interval`` seconds and after a kernel queue overflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, replace
+
+from exporter.account import TreeUsage, apply_link_delta, link_delta
+from exporter.discover import RootLayout, discover_root
+from exporter.scanner import ScanOptions, full_scan, log_errors, pkgs_usage, root_usage, scan_env, scan_pkgs, scan_rest
+from exporter.snapshot import EnvUsage, PkgsUsage, Snapshot, SnapshotStore
+from exporter.walk import WalkError
+from exporter.watch import (
+    NETWORK_FILESYSTEMS,
+    InotifyWatcher,
+    Target,
+    WatchLimitError,
+    filesystem_type,
+    fingerprints,
+    watch_specs,
+)
+
+__all__ = ["Daemon", "DaemonConfig"]
+
+log = logging.getLogger(__name__)
+
+RECONCILE_NICE = 10  # added to the nice value of reconcile scan workers
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Scheduling settings; durations in seconds. ``mode`` is auto, inotify or poll;
+    ``reconcile_interval`` 0 disables reconcile scans."""
+
+    debounce: float = 2.0
+    mode: str = "auto"
+    poll_interval: float = 30.0
+    reconcile_interval: float = 21600.0
+
+
+class Daemon:
+    """Keeps ``store`` up to date for ``roots``; start() runs it on a background thread."""
+
+    def __init__(self, roots: list[str], options: ScanOptions, config: DaemonConfig, store: SnapshotStore) -> None:
+        self.roots = list(roots)
+        self.options = options
+        self.config = config
+        self.store = store
+        self.layouts: dict[str, RootLayout] = {}
+        self.mode = "poll"
+        self._watcher: InotifyWatcher | None = None
+        self._prints: dict[Target, tuple[tuple[int, int], ...]] = {}
+        self._cond = threading.Condition()
+        self._dirty: dict[Target, tuple[float, str]] = {}  # target -> (last change, monotonic s; trigger)
+        self._busy = False
+        self._changed_while_busy = False
+        self._reconcile_requested = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="daemon", daemon=True)
+
+    # ---- change detection callbacks (any thread) -------------------------------------------------
+
+    def mark_dirty(self, target: Target, trigger: str = "event") -> None:
+        """Note a change of ``target`` now; it is rescanned once quiet for ``debounce`` seconds."""
+        with self._cond:
+            self._dirty[target] = (time.monotonic(), trigger)
+            if self._busy:
+                self._changed_while_busy = True
+            self._cond.notify()
+        if trigger == "event":
+            self.store.count_events(events=1)
+
+    def _on_overflow(self) -> None:
+        log.warning("inotify queue overflowed: events were lost, running a reconcile scan")
+        self.store.count_events(overflows=1)
+        with self._cond:
+            self._reconcile_requested = True
+            self._cond.notify()
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float) -> bool:
+        """Ask the worker to end; True if it did within ``timeout`` seconds."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify()
+        self._thread.join(timeout)
+        if self._watcher is not None:
+            self._watcher.stop()
+        return not self._thread.is_alive()
+
+    # ---- watching -------------------------------------------------------------------------------
+
+    def _choose_mode(self) -> str:
+        if self.config.mode != "auto":
+            return self.config.mode
+        for root in self.roots:
+            fstype = filesystem_type(root)
+            if fstype in NETWORK_FILESYSTEMS or fstype.startswith("nfs"):
+                log.info("root %s is on a %s filesystem: polling", root, fstype)
+                return "poll"
+        return "inotify"
+
+    def _set_mode(self, mode: str) -> None:
+        self.mode = mode
+        if mode == "poll" and self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        log.info("change detection: %s", mode if mode == "inotify" else f"poll every {self.config.poll_interval} s")
+        self.store.update_watch(watch_mode=mode)
+
+    def _sync_watches(self) -> None:
+        specs = watch_specs(self.layouts[r] for r in self.roots if r in self.layouts)
+        if self.mode == "inotify":
+            try:
+                if self._watcher is None:
+                    self._watcher = InotifyWatcher(self.mark_dirty, self._on_overflow)
+                self._watcher.sync(specs)
+            except WatchLimitError as exc:
+                log.warning("%s; falling back to polling", exc)
+                self.store.update_watch(watch_limit_reached=True)
+                self._set_mode("poll")
+        if self.mode == "poll":
+            # New targets get their first fingerprint now; known ones keep theirs until the next poll.
+            for target, stamp in fingerprints(specs.values()).items():
+                self._prints.setdefault(target, stamp)
+        self.store.update_watch(watches=self._watcher.count if self._watcher else 0)
+
+    def _poll(self) -> None:
+        specs = watch_specs(self.layouts[r] for r in self.roots if r in self.layouts)
+        now = fingerprints(specs.values())
+        for target, stamp in now.items():
+            if self._prints.get(target) != stamp:
+                self.mark_dirty(target, "poll")
+        for target in set(self._prints) - set(now):
+            self.mark_dirty(Target("root", target.root, target.root), "poll")
+        self._prints = now
+
+    # ---- the worker -----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        self._set_mode(self._choose_mode())
+        self.layouts = {root: discover_root(root) for root in self.roots}
+        self._sync_watches()  # before the startup scan, so no change after it goes unseen
+        self._full_scan("startup", self.options)
+        now = time.monotonic()
+        next_poll = now + self.config.poll_interval
+        interval = self.config.reconcile_interval
+        next_reconcile = now + interval if interval > 0 else float("inf")
+        while not self._stop.is_set():
+            if self.mode == "poll" and time.monotonic() >= next_poll:
+                self._poll()
+                next_poll = time.monotonic() + self.config.poll_interval
+            with self._cond:
+                now = time.monotonic()
+                due = [t for t, (at, _) in self._dirty.items() if at + self.config.debounce <= now]
+                wake = min(
+                    [at + self.config.debounce for at, _ in self._dirty.values()]
+                    + [next_reconcile, next_poll if self.mode == "poll" else float("inf")]
+                )
+                reconcile = self._reconcile_requested or now >= next_reconcile
+                if not due and not reconcile:
+                    if wake > now:
+                        self._cond.wait(min(wake - now, 3600.0))
+                    continue
+                batch = {t: self._dirty.pop(t)[1] for t in due}
+                self._reconcile_requested = False
+                self._busy = True
+                self._changed_while_busy = False
+            if reconcile:  # a full scan covers the batch too
+                self._full_scan("reconcile", replace(self.options, nice=RECONCILE_NICE))
+                next_reconcile = time.monotonic() + interval if interval > 0 else float("inf")
+            else:
+                self._batch(batch)
+            with self._cond:
+                self._busy = False
+                if self._changed_while_busy and batch and not reconcile:
+                    # A walk of this batch may have seen part of a change made meanwhile: redo it
+                    # once that change is quiet, so deltas are never applied on top of a walk that saw them.
+                    stamp = time.monotonic()
+                    for target, trigger in batch.items():
+                        self._dirty.setdefault(target, (stamp, trigger))
+
+    def _full_scan(self, trigger: str, options: ScanOptions) -> None:
+        started = time.monotonic()
+        try:
+            self.layouts = {root: discover_root(root) for root in self.roots}
+            snapshot = full_scan([self.layouts[r] for r in self.roots], options)
+        except Exception:  # a bug must not kill the daemon: count it, keep serving the old snapshot
+            log.exception("%s scan failed", trigger)
+            self.store.record_failure(trigger, time.monotonic() - started)
+            return
+        self.store.publish(snapshot, trigger)
+        self._sync_watches()
+        log.info(
+            "%s scan of %d root(s), %d env(s) done in %.2f s with %d error(s)",
+            trigger, len(snapshot.roots), len(snapshot.envs), snapshot.duration_seconds, len(snapshot.errors),
+        )
+
+    def _batch(self, batch: dict[Target, str]) -> None:
+        trigger = "poll" if "poll" in batch.values() else "event"
+        started = time.monotonic()
+        try:
+            snapshot = self._rescan(set(batch), started)
+        except Exception:
+            log.exception("%s rescan of %s failed", trigger, sorted(t.path for t in batch))
+            self.store.record_failure(trigger, time.monotonic() - started)
+            return
+        if snapshot is not None:
+            self.store.publish(snapshot, trigger)
+            self._sync_watches()
+
+    def _rescan(self, targets: set[Target], started: float) -> Snapshot | None:
+        """Rescan ``targets`` and re-account every other tree; the new Snapshot, or None if no scan."""
+        old = self.store.snapshot
+        if old is None:
+            return None
+        rediscover = {t.root for t in targets if t.kind == "root" and t.root in self.roots}
+        layouts = dict(self.layouts)
+        for root in rediscover:
+            layouts[root] = discover_root(root)
+        envs_now = {e.prefix: e for r in self.roots for e in layouts[r].envs}
+        old_envs = {e.prefix: e for e in old.envs}
+        rescan_envs = {t.path for t in targets if t.kind == "env" and t.path in envs_now}
+        rescan_envs |= set(envs_now) - set(old_envs)
+        removed_envs = set(old_envs) - set(envs_now)
+        env_roots = {envs_now[p].root for p in rescan_envs} | {old_envs[p].root for p in removed_envs}
+        rescan_pkgs = {(t.root, t.path) for t in targets if t.kind == "pkgs"}
+        rescan_pkgs |= {(r, d) for r in env_roots for d in layouts[r].pkgs_dirs}
+        rescan_pkgs = {(r, d) for r, d in rescan_pkgs if d in layouts[r].pkgs_dirs}
+
+        new_envs = {p: scan_env(envs_now[p], self.options) for p in sorted(rescan_envs)}
+        new_pkgs = {d: scan_pkgs(r, d, self.options) for r, d in sorted(rescan_pkgs)}
+        new_rest = {r: scan_rest(layouts[r], self.options) for r in sorted(rediscover)}
+        old_pkgs = {p.path: p for p in old.pkgs}
+        old_rest = dict(old.rest)
+
+        old_tables = [old_envs[p].usage.shared for p in rescan_envs | removed_envs if p in old_envs]
+        old_tables += [c.usage.shared for d in new_pkgs if d in old_pkgs for c in old_pkgs[d].chunks]
+        old_tables += [old_rest[r].shared for r in new_rest if r in old_rest]
+        new_tables = [e.usage.shared for e in new_envs.values()]
+        new_tables += [c.usage.shared for p in new_pkgs.values() for c in p.chunks]
+        new_tables += [u.shared for u in new_rest.values() if u is not None]
+        deltas = link_delta(old_tables, new_tables)
+
+        def settle(usage: TreeUsage) -> TreeUsage:
+            return apply_link_delta(usage, deltas) if deltas else usage
+
+        envs: list[EnvUsage] = []
+        pkgs: list[PkgsUsage] = []
+        rest: list[tuple[str, TreeUsage]] = []
+        roots = []
+        for root in self.roots:
+            layout = layouts[root]
+            root_envs = [
+                new_envs[e.prefix] if e.prefix in new_envs else replace(old_envs[e.prefix], usage=settle(
+                    old_envs[e.prefix].usage))
+                for e in layout.envs
+                if e.prefix in new_envs or e.prefix in old_envs
+            ]
+            root_pkgs = []
+            for pkgs_dir in layout.pkgs_dirs:
+                if pkgs_dir in new_pkgs:
+                    root_pkgs.append(new_pkgs[pkgs_dir])
+                elif pkgs_dir in old_pkgs:
+                    chunks = [replace(c, usage=settle(c.usage)) for c in old_pkgs[pkgs_dir].chunks]
+                    root_pkgs.append(pkgs_usage(root, pkgs_dir, chunks))
+            rest_usage = new_rest[root] if root in new_rest else old_rest.get(root)
+            if rest_usage is not None and root not in new_rest:
+                rest_usage = settle(rest_usage)
+            root_rest = [rest_usage] if rest_usage is not None else []
+            roots.append(root_usage(layout, root_envs, root_pkgs, root_rest))
+            envs.extend(root_envs)
+            pkgs.extend(root_pkgs)
+            rest.extend((root, u) for u in root_rest)
+
+        errors: list[WalkError] = [e for u in new_envs.values() for e in u.usage.errors]
+        errors += [e for p in new_pkgs.values() for e in p.errors]
+        errors += [e for u in new_rest.values() if u is not None for e in u.errors]
+        log_errors(errors)
+        self.layouts = layouts
+        duration = time.monotonic() - started
+        log.info(
+            "rescanned %d env(s), %d cache(s), %d root(s), dropped %d env(s) in %.3f s",
+            len(new_envs), len(new_pkgs), len(new_rest), len(removed_envs), duration,
+        )
+        return Snapshot(
+            roots=tuple(roots),
+            envs=tuple(envs),
+            pkgs=tuple(pkgs),
+            completed_at=time.time(),
+            duration_seconds=duration,
+            errors=tuple(errors),
+            rest=tuple(rest),
+        )
