@@ -23,10 +23,8 @@ from pydantic import ValidationError
 from exporter import __version__
 from exporter.collector import build_registry
 from exporter.config import ENV_PREFIX, Settings, flag_of, parse_listen_address
-from exporter.daemon import Daemon, DaemonConfig
 from exporter.demo import build_demo_root
 from exporter.discover import RootNotFoundError, detect_roots, discover_root, validate_roots
-from exporter.http import MetricsServer, make_app
 from exporter.report import render_report
 from exporter.scanner import ScanOptions, full_scan
 from exporter.snapshot import SnapshotStore
@@ -116,6 +114,10 @@ def _scan(settings: Settings, roots: list[str]) -> SnapshotStore:
 
 def serve(settings: Settings, roots: list[str]) -> int:
     """Serve /metrics until SIGTERM or SIGINT."""
+    # Imported here: --once and report need neither watchdog nor the HTTP server, and start faster.
+    from exporter.daemon import Daemon, DaemonConfig
+    from exporter.http import MetricsServer, make_app
+
     host, port = parse_listen_address(settings.web_listen_address)
     store = SnapshotStore()
     scheduler = Daemon(
