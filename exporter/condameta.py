@@ -15,13 +15,12 @@ import os
 import pwd
 from dataclasses import dataclass
 
-from exporter.walk import WalkError, error_kind
+from exporter.walk import METADATA_DIR, WalkError, error_kind
 
 __all__ = ["EnvMetadata", "PackageRecord", "owner_name", "read_env_metadata"]
 
 # conda's LinkType enum values, and the names rattler/pixi use for them
 _LINK_TYPES = {1: "hardlink", 2: "softlink", 3: "copy", 4: "directory"}
-METADATA_DIR = "conda-meta"
 
 
 @dataclass(frozen=True)
@@ -35,6 +34,8 @@ class PackageRecord:
     files: tuple[str, ...]
     link_type: str | None
     source: str | None
+    # Paths whose text had the build prefix rewritten at install: copies by necessity, never relinkable.
+    relocated: frozenset[str] = frozenset()
 
     @property
     def dist(self) -> str:
@@ -83,6 +84,13 @@ def _parse_record(data: object) -> PackageRecord:
     if not isinstance(link, dict):
         raise ValueError("link must be an object")
     source = link.get("source")
+    paths_data = data.get("paths_data") or {}
+    entries = paths_data.get("paths", []) if isinstance(paths_data, dict) else []
+    relocated = frozenset(
+        entry["_path"]
+        for entry in (entries if isinstance(entries, list) else [])
+        if isinstance(entry, dict) and isinstance(entry.get("_path"), str) and entry.get("prefix_placeholder")
+    )
     return PackageRecord(
         name=name,
         version=version,
@@ -90,6 +98,7 @@ def _parse_record(data: object) -> PackageRecord:
         files=tuple(files),
         link_type=_link_type(link.get("type")),
         source=source if isinstance(source, str) else None,
+        relocated=relocated,
     )
 
 

@@ -45,6 +45,8 @@ class EnvLocation:
     prefix: str
     # Absolute directory paths left out of this env's walk (the base env's envs/ and pkgs/).
     exclude: frozenset[str] = frozenset()
+    # Package caches the env's packages may have come from (to tell copies from conda's records).
+    pkgs_dirs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ def discover_root(root: str) -> RootLayout:
     envs: list[EnvLocation] = []
     if _is_dir(os.path.join(root, "conda-meta")):
         exclude = frozenset(p for p in (envs_container, pkgs_dir) if _is_dir(p))
-        envs.append(EnvLocation(root=root, name=BASE_ENV_NAME, prefix=root, exclude=exclude))
+        envs.append(EnvLocation(root=root, name=BASE_ENV_NAME, prefix=root, exclude=exclude, pkgs_dirs=pkgs_dirs))
 
     ignored: list[str] = []
     if has_envs:
@@ -159,7 +161,7 @@ def discover_root(root: str) -> RootLayout:
             if not entry.is_dir(follow_symlinks=False):
                 continue  # stray files and symlinks are counted by the root total only
             if _is_dir(os.path.join(prefix, "conda-meta")):
-                envs.append(EnvLocation(root=root, name=entry.name, prefix=prefix))
+                envs.append(EnvLocation(root=root, name=entry.name, prefix=prefix, pkgs_dirs=pkgs_dirs))
             else:
                 ignored.append(prefix)
     for path in ignored:

@@ -18,6 +18,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 
 from exporter.account import TreeUsage, account_tree, distinct_bytes
+from exporter.condameta import read_env_metadata
+from exporter.contents import account_contents
 from exporter.discover import EnvLocation, RootLayout
 from exporter.pkgs import PkgsChunk, list_package_dirs, scan_pkgs_chunk
 from exporter.snapshot import EnvUsage, PkgsUsage, RootUsage, Snapshot
@@ -73,14 +75,17 @@ _Result = EnvUsage | TreeUsage | PkgsChunk
 def scan_env(env: EnvLocation, options: ScanOptions) -> EnvUsage:
     """Walk and account one env (in the calling process)."""
     started = time.monotonic()
-    usage = account_tree(walk_tree(env.prefix, env.exclude, options.cross_filesystems))
+    meta = read_env_metadata(env.prefix)
+    walk = walk_tree(env.prefix, env.exclude, options.cross_filesystems, owned=meta.owned_paths())
+    walk.errors.extend(meta.errors)
     return EnvUsage(
         root=env.root,
         name=env.name,
         prefix=env.prefix,
-        usage=usage,
+        usage=account_tree(walk),
         scanned_at=time.time(),
         scan_seconds=time.monotonic() - started,
+        contents=account_contents(walk, meta, env.pkgs_dirs),
     )
 
 

@@ -18,6 +18,28 @@ __all__ = ["DURATION_BUCKETS", "EnvUsage", "PkgsUsage", "RootUsage", "Snapshot",
 
 
 @dataclass(frozen=True)
+class EnvContents:
+    """What an env holds by conda's own records. Bytes are allocated bytes.
+
+    ``untracked_*``: non-directories no package record lists (pip installs, caches, user files;
+    ``conda-meta/`` itself excluded), each inode's bytes once. ``copied_bytes``: single-link regular
+    files a package installed as a copy (link type copy, or the package's cache entry still holds the
+    same path), prefix-rewritten files excluded. ``dedupable`` maps a package cache to the part of
+    ``copied_bytes`` whose cache entry still exists there: what re-linking would save.
+    ``last_transaction`` is the Unix time of ``conda-meta/history``'s last change, ``None`` without one.
+    """
+
+    packages: int = 0
+    untracked_bytes: int = 0
+    untracked_files: int = 0
+    copied_bytes: int = 0
+    dedupable: tuple[tuple[str, int], ...] = ()
+    owner: str = ""
+    python_version: str = ""
+    last_transaction: float | None = None
+
+
+@dataclass(frozen=True)
 class EnvUsage:
     """One env's accounted usage; ``scanned_at`` is a Unix time in seconds."""
 
@@ -27,6 +49,7 @@ class EnvUsage:
     usage: TreeUsage
     scanned_at: float
     scan_seconds: float
+    contents: EnvContents = EnvContents()
 
 
 @dataclass(frozen=True)

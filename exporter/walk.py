@@ -15,10 +15,12 @@ import errno
 import os
 import stat
 from array import array
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 __all__ = ["TreeWalk", "WalkError", "error_kind", "walk_tree"]
 
+METADATA_DIR = "conda-meta"
 _OPEN_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -62,6 +64,10 @@ class TreeWalk:
     blocks: array[int] = field(default_factory=lambda: array("Q"))
     skipped_mounts: int = 0
     errors: list[WalkError] = field(default_factory=list)
+    # Filled only when the walk is given the set of paths conda packages own (see walk_tree).
+    untracked_files: int = 0
+    untracked_blocks: int = 0
+    owned_single_links: list[tuple[str, int]] = field(default_factory=list)
 
     def merge(self, other: TreeWalk) -> None:
         """Add ``other`` (a disjoint tree on the same filesystem) into this one."""
@@ -81,6 +87,7 @@ def walk_tree(
     top: str,
     exclude: frozenset[str] = frozenset(),
     cross_filesystems: bool = False,
+    owned: Container[str] | None = None,
 ) -> TreeWalk:
     """Walk ``top`` (a directory, itself counted) and everything below it.
 
@@ -89,6 +96,11 @@ def walk_tree(
     Directories on another filesystem are skipped (and counted in ``skipped_mounts``) unless
     ``cross_filesystems``; then the hardlink identity would need ``st_dev`` too, so rows of other
     devices are kept apart by the caller, which only enables it for trees it knows are single-device.
+
+    With ``owned`` (prefix-relative paths that conda packages installed), non-directories outside it
+    and outside ``conda-meta/`` are counted as *untracked* (each inode once), and owned regular files
+    with a single link are listed in ``owned_single_links`` as ``(relative path, blocks)``: the
+    candidates for files installed as copies. Without it the walk does no per-path string work.
     """
     result = TreeWalk(path=top)
     try:
@@ -113,6 +125,11 @@ def walk_tree(
     pending = [top]
     pop = pending.pop
     push = pending.append
+    top_len = len(top) + 1
+    untracked_files = untracked_blocks = 0
+    untracked_inodes: set[int] = set()
+    single_append = result.owned_single_links.append
+    owned_paths: Container[str] = owned if owned is not None else frozenset()
 
     while pending:
         directory = pop()
@@ -121,6 +138,13 @@ def walk_tree(
         except OSError as exc:
             errors.append(WalkError(error_kind(exc), directory, exc.strerror or str(exc)))
             continue
+        if owned is not None:
+            reldir = directory[top_len:]
+            relprefix = reldir + "/" if reldir else ""
+            check_owner = not (reldir == METADATA_DIR or reldir.startswith(METADATA_DIR + "/"))
+        else:
+            relprefix = ""
+            check_owner = False
         try:
             with os.scandir(fd) as entries:
                 for entry in entries:
@@ -146,6 +170,18 @@ def walk_tree(
                     files += 1
                     apparent += st.st_size
                     nlink = st.st_nlink
+                    if check_owner:
+                        rel = relprefix + entry.name
+                        if rel not in owned_paths:
+                            if nlink == 1 or st.st_ino not in untracked_inodes:
+                                untracked_files += 1
+                                untracked_blocks += st.st_blocks
+                                if nlink > 1:
+                                    untracked_inodes.add(st.st_ino)
+                            else:
+                                untracked_files += 1
+                        elif nlink == 1 and entry.is_file(follow_symlinks=False):
+                            single_append((rel, st.st_blocks))
                     if nlink == 1:
                         private_blocks += st.st_blocks
                     else:
@@ -164,4 +200,6 @@ def walk_tree(
     result.apparent_bytes = apparent
     result.private_blocks = private_blocks
     result.skipped_mounts = skipped_mounts
+    result.untracked_files = untracked_files
+    result.untracked_blocks = untracked_blocks
     return result

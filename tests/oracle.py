@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 from collections import Counter
 from dataclasses import dataclass
@@ -114,3 +116,65 @@ def pkgs_oracle(pkgs: Path) -> dict[str, int]:
         "conda_pkgs_unreferenced_packages": unreferenced,
         "conda_pkgs_unreferenced_bytes": unreferenced_bytes,
     }
+
+
+@dataclass(frozen=True)
+class ContentsNumbers:
+    packages: int
+    untracked_bytes: int
+    untracked_files: int
+    copied_bytes: int
+
+
+def contents_numbers(prefix: Path, pkgs_dirs: list[Path], prune: list[Path] | None = None) -> ContentsNumbers:
+    """Untracked and copied files of an env from its conda-meta JSON (read here with the json module)
+    and ``find -printf``, by the definitions in README's metric table."""
+    owned: dict[str, dict[str, object]] = {}
+    packages = 0
+    for record_file in sorted((prefix / "conda-meta").glob("*.json")):
+        try:
+            record = json.loads(record_file.read_bytes())
+            files = record["files"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        packages += 1
+        for rel in files:
+            owned[rel] = record
+    cmd: list[str] = ["find", str(prefix), "-xdev", "-mindepth", "1"]
+    for path in prune or []:
+        cmd += ["-path", str(path), "-prune", "-o"]
+    cmd += ["!", "-type", "d", "-printf", "%P\\0%i\\0%n\\0%b\\0%y\\0"]
+    fields = subprocess.run(cmd, check=True, capture_output=True).stdout.split(b"\0")[:-1]
+    untracked_files = 0
+    untracked_inodes: dict[int, int] = {}
+    copied = 0
+    for i in range(0, len(fields), 5):
+        rel = os.fsdecode(fields[i])
+        ino, nlink, blocks, kind = int(fields[i + 1]), int(fields[i + 2]), int(fields[i + 3]), fields[i + 4]
+        if rel.startswith("conda-meta/"):
+            continue
+        record = owned.get(rel)
+        if record is None:
+            untracked_files += 1
+            untracked_inodes[ino] = blocks
+            continue
+        if kind != b"f" or nlink != 1:
+            continue
+        entries = record.get("paths_data", {})
+        assert isinstance(entries, dict)
+        if any(p.get("_path") == rel and p.get("prefix_placeholder") for p in entries.get("paths", [])):
+            continue
+        link = record.get("link") or {}
+        assert isinstance(link, dict)
+        dist = f"{record['name']}-{record['version']}-{record['build']}"
+        sources = [Path(str(link["source"]))] if link.get("source") else []
+        sources += [d / dist for d in pkgs_dirs]
+        cached = any((s / rel).is_file() and not (s / rel).is_symlink() for s in sources if s.is_dir())
+        if link.get("type") in (3, "copy") or cached:
+            copied += blocks
+    return ContentsNumbers(
+        packages=packages,
+        untracked_bytes=sum(untracked_inodes.values()) * 512,
+        untracked_files=untracked_files,
+        copied_bytes=copied * 512,
+    )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.exposition import by_label, samples
-from tests.oracle import du_apparent_bytes, du_bytes, pkgs_oracle, tree_numbers
+from tests.oracle import contents_numbers, du_apparent_bytes, du_bytes, pkgs_oracle, tree_numbers
 
 ENV_METRICS = {
     "conda_env_unique_bytes": "unique_bytes",
@@ -109,3 +111,39 @@ def test_report_lists_envs_by_unique_bytes(exporter_cmd: list[str], fixture_root
     unique = by_label(exposition, "conda_env_unique_bytes", "env")
     assert names == sorted(unique, key=lambda e: (-unique[e], str(env_prefixes(fixture_root)[e])))
     assert "conda clean -p" in proc.stdout and "without hardlinks" in proc.stdout
+
+
+CONTENTS_METRICS = {
+    "conda_env_packages": "packages",
+    "conda_env_untracked_bytes": "untracked_bytes",
+    "conda_env_untracked_files": "untracked_files",
+    "conda_env_copied_bytes": "copied_bytes",
+}
+
+
+def test_contents_match_records_and_find(exposition: str, fixture_root: Path) -> None:
+    for env, prefix in env_prefixes(fixture_root).items():
+        prune = [fixture_root / "envs", fixture_root / "pkgs"] if env == "base" else []
+        expected = contents_numbers(prefix, [fixture_root / "pkgs"], prune)
+        for metric, attr in CONTENTS_METRICS.items():
+            assert by_label(exposition, metric, "env")[env] == getattr(expected, attr), f"{metric}{{env={env}}}"
+
+
+def test_contents_hand_checked(exposition: str, fixture_root: Path) -> None:
+    """Facts of the fixture by construction: pandas copied into science, seaborn pip-installed, and
+    science's torch kept a single link after its cache entry was deleted, which is not a copy."""
+    science = fixture_root / "envs" / "science"
+    pandas = [science / "lib/python3.11/site-packages/pandas/__init__.py",
+              science / "lib/python3.11/site-packages/pandas/_libs/lib.so"]
+    assert by_label(exposition, "conda_env_copied_bytes", "env")["science"] == sum(
+        p.stat().st_blocks * 512 for p in pandas
+    )
+    dedupable = samples(exposition)["conda_pkgs_dedupable_bytes"]
+    assert list(dedupable.values()) == [by_label(exposition, "conda_env_copied_bytes", "env")["science"]]
+    seaborn = fixture_root / "envs/analysis/lib/python3.11/site-packages/seaborn/__init__.py"
+    assert by_label(exposition, "conda_env_untracked_bytes", "env")["analysis"] >= seaborn.stat().st_blocks * 512
+    info = samples(exposition)["conda_env_info"]
+    assert {dict(k)["python_version"] for k in info} == {"3.11.7"}
+    assert {dict(k)["owner"] for k in info} == {pwd.getpwuid(os.getuid()).pw_name}
+    history = fixture_root / "envs" / "web" / "conda-meta" / "history"
+    assert by_label(exposition, "conda_env_last_transaction_timestamp_seconds", "env")["web"] == history.stat().st_mtime

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -145,3 +146,22 @@ def test_root_that_vanishes_entirely_does_not_crash(world_readable_root: Path) -
     snapshot = full_scan([layout], ScanOptions(workers=1))
     assert snapshot.errors and all(e.kind == "vanished" for e in snapshot.errors)
     assert sys.getrecursionlimit()  # and the process is still here to say so
+
+
+def test_malformed_records_are_counted_and_skipped(exporter_cmd: list[str], world_readable_root: Path) -> None:
+    good = world_readable_root / "envs" / "good"
+    meta = good / "conda-meta"
+    record = {"name": "ok", "version": "1.0", "build": "0", "files": ["lib/payload"]}
+    (meta / "ok-1.0-0.json").write_text(json.dumps(record))
+    (meta / "truncated-1.0-0.json").write_text('{"name": "truncated", "files": [')
+    (meta / "wrong-shape-1.0-0.json").write_text(json.dumps({"name": 3, "files": "lib/payload"}))
+    (meta / "latin1-1.0-0.json").write_bytes(b'{"name": "\xff"}')
+    proc = subprocess.run([*exporter_cmd, "--once", "--root", str(world_readable_root)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert samples(proc.stdout)["conda_exporter_scan_errors_total"][(("kind", "metadata"),)] == 3
+    assert by_label(proc.stdout, "conda_env_scan_errors", "env")["good"] == 3
+    assert by_label(proc.stdout, "conda_env_packages", "env")["good"] == 1
+    # payload belongs to "ok"; conda-meta/ is bookkeeping, not untracked
+    assert by_label(proc.stdout, "conda_env_untracked_files", "env")["good"] == 0
+    assert by_label(proc.stdout, "conda_env_unique_bytes", "env")["good"] == tree_numbers(good).unique_bytes
+    assert proc.stderr.count("not a conda package record") == 3

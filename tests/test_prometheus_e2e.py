@@ -39,12 +39,6 @@ pytestmark = pytest.mark.slow
 # Metrics the dashboards and rules use that the exporter does not export yet (CONTRACT.md: daemon and
 # conda-depth issues). Remove a name when its issue lands; the test fails while a listed name is exported.
 PENDING_METRICS = frozenset({
-    # conda-depth issue
-    "conda_env_untracked_bytes",
-    "conda_env_copied_bytes",
-    "conda_env_packages",
-    "conda_env_info",
-    "conda_env_last_transaction_timestamp_seconds",
     # daemon issue: the state file
     "conda_exporter_state_loaded",
 })

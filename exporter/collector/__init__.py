@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from prometheus_client.registry import CollectorRegistry
 
+from exporter.collector.contents import ContentsCollector
 from exporter.collector.env import EnvCollector
 from exporter.collector.exporter import ExporterCollector
 from exporter.collector.pkgs import PkgsCollector
@@ -22,6 +23,7 @@ def build_registry(store: SnapshotStore) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     for collector in (
         EnvCollector(store),
+        ContentsCollector(store),
         PkgsCollector(store),
         RootCollector(store),
         ExporterCollector(store),

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from exporter.discover import label_value
+from exporter.collector.contents import env_labels
 from exporter.snapshot import EnvUsage, SnapshotStore
 
 LABELS = ("root", "env", "prefix")
@@ -57,5 +57,5 @@ class EnvCollector(Collector):
         for name, (help_text, value) in METRICS.items():
             family = GaugeMetricFamily(name, help_text, labels=LABELS)
             for env in envs:
-                family.add_metric((label_value(env.root), label_value(env.name), label_value(env.prefix)), value(env))
+                family.add_metric(env_labels(env), value(env))
             yield family

@@ -12,6 +12,12 @@ from exporter.snapshot import PkgsUsage, SnapshotStore
 
 LABELS = ("root", "pkgs_dir")
 
+DEDUPABLE = "conda_pkgs_dedupable_bytes"
+DEDUPABLE_HELP = (
+    "Allocated bytes of env files installed as copies of files this cache still holds: what re-linking "
+    "them to the cache would save."
+)
+
 METRICS: dict[str, tuple[str, Callable[[PkgsUsage], float]]] = {
     "conda_pkgs_bytes": (
         "Allocated bytes of the whole package cache directory, each inode once (du -s).",
@@ -60,3 +66,11 @@ class PkgsCollector(Collector):
             for cache in caches:
                 family.add_metric((label_value(cache.root), label_value(cache.path)), value(cache))
             yield family
+        dedupable: dict[str, int] = {}
+        for env in snapshot.envs if snapshot else ():
+            for pkgs_dir, size in env.contents.dedupable:
+                dedupable[pkgs_dir] = dedupable.get(pkgs_dir, 0) + size
+        family = GaugeMetricFamily(DEDUPABLE, DEDUPABLE_HELP, labels=LABELS)
+        for cache in caches:
+            family.add_metric((label_value(cache.root), label_value(cache.path)), dedupable.get(cache.path, 0))
+        yield family
