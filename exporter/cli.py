@@ -24,7 +24,7 @@ from exporter import __version__
 from exporter.collector import build_registry
 from exporter.config import ENV_PREFIX, Settings, flag_of, parse_listen_address
 from exporter.demo import build_demo_root
-from exporter.discover import RootNotFoundError, detect_roots, discover_root, validate_roots
+from exporter.discover import Discovery, RootNotFoundError, detect_roots, validate_roots
 from exporter.report import render_report
 from exporter.scanner import ScanOptions, full_scan
 from exporter.snapshot import SnapshotStore
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
         if info.annotation is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif name == "roots":
+        elif name in ("roots", "envs"):
             kwargs.update(action="append", metavar="PATH")
         else:
             kwargs["metavar"] = name.rsplit("_", 1)[-1].upper()
@@ -98,6 +98,8 @@ def resolve_roots(settings: Settings) -> list[str]:
     if roots:
         log.info("auto-detected conda root(s): %s", ", ".join(roots))
         return roots
+    if settings.envs or settings.discover_environments_txt:
+        return []  # single envs only
     raise UsageError(
         "no conda root found (looked at $CONDA_ROOT, $CONDA_PREFIX, $MAMBA_ROOT_PREFIX, $CONDA_EXE, "
         "~/miniconda3, ~/anaconda3, ~/miniforge3, ~/mambaforge, /opt/conda): pass --root PATH, "
@@ -105,15 +107,26 @@ def resolve_roots(settings: Settings) -> list[str]:
     )
 
 
+def discovery_of(settings: Settings, roots: list[str]) -> Discovery:
+    """What to discover; an ``--env`` that is not an env is a usage error."""
+    for env in settings.envs:
+        if not (env / "conda-meta").is_dir():
+            raise UsageError(f"--env {str(env)!r} is not a conda environment: it has no conda-meta/ directory")
+    return Discovery(tuple(roots), tuple(str(e) for e in settings.envs), settings.discover_environments_txt)
+
+
 def _scan(settings: Settings, roots: list[str]) -> SnapshotStore:
     store = SnapshotStore()
     options = ScanOptions(settings.scan_workers, settings.scan_cross_filesystems)
-    store.publish(full_scan([discover_root(r) for r in roots], options), "startup")
+    store.publish(full_scan(discovery_of(settings, roots).layouts(), options), "startup")
     return store
 
 
 def serve(settings: Settings, roots: list[str]) -> int:
     """Serve /metrics until SIGTERM or SIGINT."""
+    if settings.envs or settings.discover_environments_txt:
+        # The daemon watches roots only so far; refusing beats silently leaving these envs out.
+        raise UsageError("--env and --discover.environments-txt work with --once and report only, for now")
     # Imported here: --once and report need neither watchdog nor the HTTP server, and start faster.
     from exporter.daemon import Daemon, DaemonConfig
     from exporter.http import MetricsServer, make_app

@@ -34,6 +34,18 @@ class Settings(BaseSettings):
         "paths separated by ':'. Empty: auto-detect.",
         json_schema_extra=_flag("--root"),
     )
+    envs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="An env prefix outside any root (a pixi env, a --prefix env); repeat for several. "
+        "The env var takes paths separated by ':'.",
+        json_schema_extra=_flag("--env"),
+    )
+    discover_environments_txt: bool = Field(
+        default=False,
+        description="Also scan the envs listed in ~/.conda/environments.txt of every user (off: it "
+        "reads other users' home directories).",
+        json_schema_extra=_flag("--discover.environments-txt"),
+    )
     web_listen_address: str = Field(
         default=f":{DEFAULT_PORT}",
         description="Address to serve HTTP on, as [host]:port; an empty host means all interfaces.",
@@ -93,7 +105,7 @@ class Settings(BaseSettings):
         json_schema_extra=_flag("--demo-if-no-root"),
     )
 
-    @field_validator("roots", mode="before")
+    @field_validator("roots", "envs", mode="before")
     @classmethod
     def _split_roots(cls, value: object) -> object:
         if isinstance(value, str):
@@ -142,7 +154,7 @@ def markdown_table() -> str:
     lines = ["| flag | env var | default | meaning |", "|---|---|---|---|"]
     for name, info in Settings.model_fields.items():
         default = info.get_default(call_default_factory=True)
-        shown = "auto-detect" if name == "roots" else f"`{default}`".replace("`False`", "off")
+        shown = {"roots": "auto-detect", "envs": "none"}.get(name) or f"`{default}`".replace("`False`", "off")
         lines.append(f"| `{flag_of(name)}` | `{ENV_PREFIX}{name.upper()}` | {shown} | {info.description} |")
     return "\n".join(lines)
 

@@ -3,7 +3,8 @@
 Works on a walk made with the env's owned paths (``walk_tree(..., owned=...)``) and the env's
 :class:`~exporter.condameta.EnvMetadata`. Deciding whether a single-link file is a copy costs one
 ``lstat`` of its cache entry; only owned single-link regular files are checked, which in an env
-installed by hardlinks are few.
+installed by hardlinks are few. Copies of a cache on another filesystem count as copied but not as
+dedupable: hardlinks cannot cross filesystems.
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ def _cache_entry(record: PackageRecord, pkgs_dirs: Sequence[str]) -> str | None:
     return None
 
 
-def _is_regular_file(path: str) -> bool:
+def _regular_file_dev(path: str) -> int | None:
+    """``st_dev`` of ``path`` if it is a regular file, else None."""
     try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
+        st = os.lstat(path)
     except OSError:
-        return False
+        return None
+    return st.st_dev if stat.S_ISREG(st.st_mode) else None
 
 
 def account_contents(walk: TreeWalk, meta: EnvMetadata, pkgs_dirs: Sequence[str]) -> EnvContents:
@@ -50,10 +53,11 @@ def account_contents(walk: TreeWalk, meta: EnvMetadata, pkgs_dirs: Sequence[str]
         if record.dist not in entries:
             entries[record.dist] = _cache_entry(record, pkgs_dirs)
         entry = entries[record.dist]
-        still_cached = entry is not None and _is_regular_file(os.path.join(entry, rel))
-        if record.link_type == "copy" or still_cached:
+        cached_dev = _regular_file_dev(os.path.join(entry, rel)) if entry is not None else None
+        if record.link_type == "copy" or cached_dev is not None:
             copied_blocks += blocks
-        if still_cached and entry is not None:
+        # a hardlink cannot cross filesystems: a copy of a cache on another one is not dedupable
+        if cached_dev == walk.dev and entry is not None:
             cache = os.path.dirname(entry)
             dedupable[cache] = dedupable.get(cache, 0) + blocks * BLOCK_SIZE
     return EnvContents(

@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DEMO_PACKAGES", "DemoPackage", "build_demo_root"]
+__all__ = ["DEMO_PACKAGES", "DemoPackage", "build_demo_root", "link_package", "write_package"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,8 @@ def _content(seed: str, size: int) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
-def _write_package(pkgs: Path, package: DemoPackage) -> None:
+def write_package(pkgs: Path, package: DemoPackage) -> None:
+    """Extract ``package`` into the cache ``pkgs`` as conda does: files, ``info/index.json``, ``paths.json``."""
     extracted = pkgs / package.dist
     (extracted / "info").mkdir(parents=True, exist_ok=True)
     paths = []
@@ -81,7 +82,9 @@ def _write_package(pkgs: Path, package: DemoPackage) -> None:
     (extracted / "info" / "paths.json").write_text(json.dumps({"paths": paths, "paths_version": 1}))
 
 
-def _link_into(prefix: Path, pkgs: Path, package: DemoPackage, copy: bool) -> None:
+def link_package(prefix: Path, pkgs: Path, package: DemoPackage, copy: bool) -> None:
+    """Install ``package`` from ``pkgs`` into ``prefix`` (hardlinks, or copies) with its conda-meta record;
+    ``prefix/conda-meta`` must exist."""
     paths = []
     for rel, size in package.files.items():
         source = pkgs / package.dist / rel
@@ -108,7 +111,7 @@ def build_demo_root(root: Path) -> Path:
     pkgs = root / "pkgs"
     pkgs.mkdir(parents=True)
     for package in DEMO_PACKAGES:
-        _write_package(pkgs, package)
+        write_package(pkgs, package)
     (pkgs / f"{_BY_NAME['requests'].dist}.conda").write_bytes(_content("tarball", 90_000))
 
     for env_name, (linked, copied) in DEMO_ENVS.items():
@@ -117,9 +120,9 @@ def build_demo_root(root: Path) -> Path:
         history = prefix / "conda-meta" / "history"
         history.write_text(f"==> 2026-01-01 00:00:00 <==\n# cmd: conda create -n {env_name}\n")
         for name in linked:
-            _link_into(prefix, pkgs, _BY_NAME[name], copy=False)
+            link_package(prefix, pkgs, _BY_NAME[name], copy=False)
         for name in copied:
-            _link_into(prefix, pkgs, _BY_NAME[name], copy=True)
+            link_package(prefix, pkgs, _BY_NAME[name], copy=True)
 
     # pip-installed files belong to no conda package and exist once.
     pip_dir = root / "envs" / "analysis" / SP / "seaborn"
@@ -130,6 +133,6 @@ def build_demo_root(root: Path) -> Path:
 
     # pytorch was linked into "science", then its cache dir was removed: the env's copy is now unique.
     science = root / "envs" / "science"
-    _link_into(science, pkgs, _BY_NAME["pytorch"], copy=False)
+    link_package(science, pkgs, _BY_NAME["pytorch"], copy=False)
     shutil.rmtree(pkgs / _BY_NAME["pytorch"].dist)
     return root

@@ -228,7 +228,8 @@ def full_scan(
     for layout in layouts:
         pkgs = [pkgs_usage(layout.path, d, chunk_results.get((layout.path, d), [])) for d in layout.pkgs_dirs]
         envs = env_results[layout.path]
-        roots.append(root_usage(layout, envs, pkgs, rest_results[layout.path]))
+        if layout.path:  # envs outside any root have no root totals
+            roots.append(root_usage(layout, envs, pkgs, rest_results[layout.path]))
         all_envs.extend(envs)
         all_pkgs.extend(pkgs)
 
