@@ -107,6 +107,15 @@ def resolve_roots(settings: Settings) -> list[str]:
     )
 
 
+def scan_options(settings: Settings) -> ScanOptions:
+    """How scans run, from the settings."""
+    return ScanOptions(
+        workers=settings.scan_workers,
+        cross_filesystems=settings.scan_cross_filesystems,
+        top_packages=settings.collect_packages,
+    )
+
+
 def discovery_of(settings: Settings, roots: list[str]) -> Discovery:
     """What to discover; an ``--env`` that is not an env is a usage error."""
     for env in settings.envs:
@@ -117,7 +126,7 @@ def discovery_of(settings: Settings, roots: list[str]) -> Discovery:
 
 def _scan(settings: Settings, roots: list[str]) -> SnapshotStore:
     store = SnapshotStore()
-    options = ScanOptions(settings.scan_workers, settings.scan_cross_filesystems)
+    options = scan_options(settings)
     store.publish(full_scan(discovery_of(settings, roots).layouts(), options), "startup")
     return store
 
@@ -135,7 +144,7 @@ def serve(settings: Settings, roots: list[str]) -> int:
     store = SnapshotStore()
     scheduler = Daemon(
         roots,
-        ScanOptions(settings.scan_workers, settings.scan_cross_filesystems),
+        scan_options(settings),
         DaemonConfig(
             debounce=settings.watch_debounce,
             mode=settings.watch_mode,

@@ -57,9 +57,10 @@ class EnvMetadata:
         """Version of the env's ``python`` package, or ``""`` when it has none."""
         return next((p.version for p in self.packages if p.name == "python"), "")
 
-    def owned_paths(self) -> dict[str, PackageRecord]:
-        """Prefix-relative path -> the package that installed it (the last record wins a clash)."""
-        return {path: record for record in self.packages for path in record.files}
+    def owned_paths(self) -> dict[str, int]:
+        """Prefix-relative path -> index in ``packages`` of the package that installed it (the last
+        record wins a clash)."""
+        return {path: index for index, record in enumerate(self.packages) for path in record.files}
 
 
 def _link_type(value: object) -> str | None:

@@ -94,6 +94,14 @@ class Settings(BaseSettings):
         description="Seconds between fingerprint checks in poll mode.",
         json_schema_extra=_flag("--watch.poll-interval"),
     )
+    collect_packages: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="Export conda_env_package_bytes for this many biggest packages of each env (0: off; "
+        "each adds a series per env).",
+        json_schema_extra=_flag("--collect.packages"),
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info",
         description="Least severe log level written to stderr.",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from exporter.account import BLOCK_SIZE
 from exporter.condameta import EnvMetadata, PackageRecord
@@ -40,14 +40,28 @@ def _regular_file_dev(path: str) -> int | None:
     return st.st_dev if stat.S_ISREG(st.st_mode) else None
 
 
-def account_contents(walk: TreeWalk, meta: EnvMetadata, pkgs_dirs: Sequence[str]) -> EnvContents:
-    """Untracked/copied/dedupable bytes of one env (see :class:`~exporter.snapshot.EnvContents`)."""
-    owned = meta.owned_paths()
+def _top_packages(walk: TreeWalk, meta: EnvMetadata, top: int) -> tuple[tuple[str, int], ...]:
+    """The ``top`` packages by bytes of their paths in the env, as (name, bytes), biggest first."""
+    by_name: dict[str, int] = {}
+    for record, blocks in zip(meta.packages, walk.package_blocks, strict=False):
+        by_name[record.name] = by_name.get(record.name, 0) + blocks * BLOCK_SIZE
+    return tuple(sorted(by_name.items(), key=lambda item: (-item[1], item[0]))[:top])
+
+
+def account_contents(
+    walk: TreeWalk,
+    meta: EnvMetadata,
+    owned: Mapping[str, int],
+    pkgs_dirs: Sequence[str],
+    top_packages: int = 0,
+) -> EnvContents:
+    """Untracked/copied/dedupable bytes of one env (see :class:`~exporter.snapshot.EnvContents`), from
+    a walk given ``owned`` (``meta.owned_paths()``) and, with ``top_packages``, the biggest packages."""
     entries: dict[str, str | None] = {}
     copied_blocks = 0
     dedupable: dict[str, int] = {}
     for rel, blocks in walk.owned_single_links:
-        record = owned[rel]
+        record = meta.packages[owned[rel]]
         if rel in record.relocated:
             continue
         if record.dist not in entries:
@@ -69,4 +83,5 @@ def account_contents(walk: TreeWalk, meta: EnvMetadata, pkgs_dirs: Sequence[str]
         owner=meta.owner,
         python_version=meta.python_version,
         last_transaction=meta.last_transaction,
+        top_packages=_top_packages(walk, meta, top_packages) if top_packages else (),
     )

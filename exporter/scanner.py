@@ -43,6 +43,8 @@ class ScanOptions:
     cross_filesystems: bool = False
     # Added to the worker processes' nice value (reconcile scans run at low priority).
     nice: int = 0
+    # Per env, export the bytes of this many biggest packages (0: none; labels cost cardinality).
+    top_packages: int = 0
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,14 @@ def scan_env(env: EnvLocation, options: ScanOptions) -> EnvUsage:
     """Walk and account one env (in the calling process)."""
     started = time.monotonic()
     meta = read_env_metadata(env.prefix)
-    walk = walk_tree(env.prefix, env.exclude, options.cross_filesystems, owned=meta.owned_paths())
+    owned = meta.owned_paths()
+    walk = walk_tree(
+        env.prefix,
+        env.exclude,
+        options.cross_filesystems,
+        owned=owned,
+        packages=len(meta.packages) if options.top_packages else 0,
+    )
     walk.errors.extend(meta.errors)
     return EnvUsage(
         root=env.root,
@@ -85,7 +94,7 @@ def scan_env(env: EnvLocation, options: ScanOptions) -> EnvUsage:
         usage=account_tree(walk),
         scanned_at=time.time(),
         scan_seconds=time.monotonic() - started,
-        contents=account_contents(walk, meta, env.pkgs_dirs),
+        contents=account_contents(walk, meta, owned, env.pkgs_dirs, options.top_packages),
     )
 
 

@@ -37,6 +37,8 @@ class EnvContents:
     owner: str = ""
     python_version: str = ""
     last_transaction: float | None = None
+    # (package name, allocated bytes of its paths in the env), biggest first; only with --collect.packages
+    top_packages: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

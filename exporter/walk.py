@@ -15,7 +15,7 @@ import errno
 import os
 import stat
 from array import array
-from collections.abc import Container
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = ["TreeWalk", "WalkError", "error_kind", "walk_tree"]
@@ -68,6 +68,8 @@ class TreeWalk:
     untracked_files: int = 0
     untracked_blocks: int = 0
     owned_single_links: list[tuple[str, int]] = field(default_factory=list)
+    # Blocks of the paths each package owns (index as in ``owned``), only when asked for.
+    package_blocks: list[int] = field(default_factory=list)
 
     def merge(self, other: TreeWalk) -> None:
         """Add ``other`` (a disjoint tree on the same filesystem) into this one."""
@@ -87,7 +89,8 @@ def walk_tree(
     top: str,
     exclude: frozenset[str] = frozenset(),
     cross_filesystems: bool = False,
-    owned: Container[str] | None = None,
+    owned: Mapping[str, int] | None = None,
+    packages: int = 0,
 ) -> TreeWalk:
     """Walk ``top`` (a directory, itself counted) and everything below it.
 
@@ -97,10 +100,12 @@ def walk_tree(
     ``cross_filesystems``; then the hardlink identity would need ``st_dev`` too, so rows of other
     devices are kept apart by the caller, which only enables it for trees it knows are single-device.
 
-    With ``owned`` (prefix-relative paths that conda packages installed), non-directories outside it
-    and outside ``conda-meta/`` are counted as *untracked* (each inode once), and owned regular files
-    with a single link are listed in ``owned_single_links`` as ``(relative path, blocks)``: the
-    candidates for files installed as copies. Without it the walk does no per-path string work.
+    With ``owned`` (prefix-relative paths that conda packages installed -> index of the package),
+    non-directories outside it and outside ``conda-meta/`` are counted as *untracked* (each inode
+    once), and owned regular files with a single link are listed in ``owned_single_links`` as
+    ``(relative path, blocks)``: the candidates for files installed as copies. With ``packages`` > 0
+    (the number of packages), ``package_blocks[i]`` adds up the blocks of package ``i``'s paths.
+    Without ``owned`` the walk does no per-path string work.
     """
     result = TreeWalk(path=top)
     try:
@@ -129,7 +134,9 @@ def walk_tree(
     untracked_files = untracked_blocks = 0
     untracked_inodes: set[int] = set()
     single_append = result.owned_single_links.append
-    owned_paths: Container[str] = owned if owned is not None else frozenset()
+    owned_get = (owned if owned is not None else {}).get
+    package_blocks = result.package_blocks
+    package_blocks.extend([0] * packages)
 
     while pending:
         directory = pop()
@@ -172,7 +179,8 @@ def walk_tree(
                     nlink = st.st_nlink
                     if check_owner:
                         rel = relprefix + entry.name
-                        if rel not in owned_paths:
+                        package = owned_get(rel)
+                        if package is None:
                             if nlink == 1 or st.st_ino not in untracked_inodes:
                                 untracked_files += 1
                                 untracked_blocks += st.st_blocks
@@ -180,8 +188,11 @@ def walk_tree(
                                     untracked_inodes.add(st.st_ino)
                             else:
                                 untracked_files += 1
-                        elif nlink == 1 and entry.is_file(follow_symlinks=False):
-                            single_append((rel, st.st_blocks))
+                        else:
+                            if packages:
+                                package_blocks[package] += st.st_blocks
+                            if nlink == 1 and entry.is_file(follow_symlinks=False):
+                                single_append((rel, st.st_blocks))
                     if nlink == 1:
                         private_blocks += st.st_blocks
                     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import subprocess
@@ -147,3 +148,26 @@ def test_contents_hand_checked(exposition: str, fixture_root: Path) -> None:
     assert {dict(k)["owner"] for k in info} == {pwd.getpwuid(os.getuid()).pw_name}
     history = fixture_root / "envs" / "web" / "conda-meta" / "history"
     assert by_label(exposition, "conda_env_last_transaction_timestamp_seconds", "env")["web"] == history.stat().st_mtime
+
+
+def test_top_packages_match_records_and_find(exporter_cmd: list[str], fixture_root: Path) -> None:
+    text = run_once(exporter_cmd, fixture_root, "--collect.packages", "2")
+    got: dict[str, dict[str, float]] = {}
+    for labels, value in samples(text)["conda_env_package_bytes"].items():
+        d = dict(labels)
+        got.setdefault(d["env"], {})[d["package"]] = value
+    for env, prefix in env_prefixes(fixture_root).items():
+        blocks = {
+            line.split("\0")[0]: int(line.split("\0")[1])
+            for line in subprocess.run(
+                ["find", str(prefix), "!", "-type", "d", "-printf", "%P\\0%b\\n"],
+                check=True, capture_output=True, text=True,
+            ).stdout.splitlines()
+        }
+        sizes = {}
+        for record_file in (prefix / "conda-meta").glob("*.json"):
+            record = json.loads(record_file.read_text())
+            sizes[record["name"]] = sum(blocks.get(f, 0) for f in record["files"]) * 512
+        top = dict(sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:2])
+        assert got.get(env, {}) == top, env
+    assert "conda_env_package_bytes{" not in run_once(exporter_cmd, fixture_root)  # off by default

@@ -15,6 +15,12 @@ INFO = "conda_env_info"
 INFO_HELP = "Always 1; labels say who owns the env (user name, or uid without one) and its Python version."
 INFO_LABELS = (*LABELS, "owner", "python_version")
 
+PACKAGE_BYTES = "conda_env_package_bytes"
+PACKAGE_BYTES_HELP = (
+    "Allocated bytes of the paths a package installed in the env, shared ones included; only the "
+    "biggest packages per env, and only with --collect.packages."
+)
+
 # name -> (help, value of one env or None when the env has no such value)
 METRICS: dict[str, tuple[str, Callable[[EnvUsage], float | None]]] = {
     "conda_env_packages": (
@@ -61,6 +67,11 @@ class ContentsCollector(Collector):
                 if number is not None:
                     family.add_metric(env_labels(env), number)
             yield family
+        packages = GaugeMetricFamily(PACKAGE_BYTES, PACKAGE_BYTES_HELP, labels=(*LABELS, "package"))
+        for env in envs:
+            for package, size in env.contents.top_packages:
+                packages.add_metric((*env_labels(env), label_value(package)), size)
+        yield packages
         info = GaugeMetricFamily(INFO, INFO_HELP, labels=INFO_LABELS)
         for env in envs:
             info.add_metric((*env_labels(env), label_value(env.contents.owner), env.contents.python_version), 1)
