@@ -107,11 +107,12 @@ def overview() -> Dashboard:
           (Target(f"conda_root_bytes{{{ROOT}}}", "{{root}}"),), w=8),
         Row("Package caches and owners"),
         p("timeseries", "Package cache size and reclaimable parts", "Each package cache: its size on disk, the "
-          "extracted packages no env uses (`conda clean --packages`) and the downloaded archives "
-          "(`conda clean --tarballs`).",
+          "extracted packages no env uses (`conda clean --packages`), the downloaded archives "
+          "(`conda clean --tarballs`), and the env files copied from it that re-linking would save.",
           (Target(f"conda_pkgs_bytes{{{ROOT}}}", "{{pkgs_dir}} size"),
            Target(f"conda_pkgs_unreferenced_bytes{{{ROOT}}}", "{{pkgs_dir}} unused packages"),
-           Target(f"conda_pkgs_tarball_bytes{{{ROOT}}}", "{{pkgs_dir}} archives")), w=12),
+           Target(f"conda_pkgs_tarball_bytes{{{ROOT}}}", "{{pkgs_dir}} archives"),
+           Target(f"conda_pkgs_dedupable_bytes{{{ROOT}}}", "{{pkgs_dir}} re-linkable copies")), w=12),
         p("bargauge", "Unique bytes per owner", "Disk space that deleting all of a user's envs would free, per "
           "owner of the env directories.",
           (Target(f'owner:conda_env_unique_bytes:sum{{{ROOT}, owner=~"$owner"}}', "{{owner}} ({{root}})",
