@@ -71,27 +71,35 @@ def _link_type(value: object) -> str | None:
     return None
 
 
-def _parse_record(data: object) -> PackageRecord:
-    """Build a PackageRecord from parsed JSON; ValueError if the shape is not a PrefixRecord."""
+def _relocated_paths(paths_data: object) -> frozenset[str]:
+    """Paths of ``paths_data.paths[]`` that carry a ``prefix_placeholder``."""
+    entries = paths_data.get("paths") if isinstance(paths_data, dict) else None
+    if not isinstance(entries, list):
+        return frozenset()
+    return frozenset(
+        entry["_path"]
+        for entry in entries
+        if isinstance(entry, dict) and entry.get("prefix_placeholder") and isinstance(entry.get("_path"), str)
+    )
+
+
+def _parse_record(data: object, has_placeholders: bool = True) -> PackageRecord:
+    """Build a PackageRecord from parsed JSON; ValueError if the shape is not a PrefixRecord.
+    ``has_placeholders`` False skips looking for prefix-rewritten paths (the raw text had none)."""
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     name, version, build = data.get("name"), data.get("version"), data.get("build", "")
     if not isinstance(name, str) or not isinstance(version, str) or not isinstance(build, str):
         raise ValueError("name, version and build must be strings")
     files = data.get("files", [])
-    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+    # set(map(type, ...)) checks every element at C speed: records list thousands of files
+    if not isinstance(files, list) or not set(map(type, files)) <= {str}:
         raise ValueError("files must be a list of strings")
     link = data.get("link") or {}
     if not isinstance(link, dict):
         raise ValueError("link must be an object")
     source = link.get("source")
-    paths_data = data.get("paths_data") or {}
-    entries = paths_data.get("paths", []) if isinstance(paths_data, dict) else []
-    relocated = frozenset(
-        entry["_path"]
-        for entry in (entries if isinstance(entries, list) else [])
-        if isinstance(entry, dict) and isinstance(entry.get("_path"), str) and entry.get("prefix_placeholder")
-    )
+    relocated = _relocated_paths(data.get("paths_data")) if has_placeholders else frozenset()
     return PackageRecord(
         name=name,
         version=version,
@@ -125,7 +133,8 @@ def read_env_metadata(prefix: str) -> EnvMetadata:
         path = os.path.join(meta, name)
         try:
             with open(path, "rb") as handle:
-                packages.append(_parse_record(json.load(handle)))
+                raw = handle.read()
+            packages.append(_parse_record(json.loads(raw), b"prefix_placeholder" in raw))
         except OSError as exc:
             errors.append(WalkError(error_kind(exc), path, exc.strerror or str(exc)))
         except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors

@@ -67,7 +67,7 @@ def account_contents(
         if record.dist not in entries:
             entries[record.dist] = _cache_entry(record, pkgs_dirs)
         entry = entries[record.dist]
-        cached_dev = _regular_file_dev(os.path.join(entry, rel)) if entry is not None else None
+        cached_dev = _regular_file_dev(f"{entry}/{rel}") if entry is not None else None
         if record.link_type == "copy" or cached_dev is not None:
             copied_blocks += blocks
         # a hardlink cannot cross filesystems: a copy of a cache on another one is not dedupable
