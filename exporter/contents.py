@@ -10,7 +10,6 @@ dedupable: hardlinks cannot cross filesystems.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Mapping, Sequence
 
 from exporter.account import BLOCK_SIZE
@@ -31,13 +30,38 @@ def _cache_entry(record: PackageRecord, pkgs_dirs: Sequence[str]) -> str | None:
     return None
 
 
-def _regular_file_dev(path: str) -> int | None:
-    """``st_dev`` of ``path`` if it is a regular file, else None."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return st.st_dev if stat.S_ISREG(st.st_mode) else None
+class _CacheFiles:
+    """Answers "is ``rel`` a regular file of cache entry ``entry``, and on which device" with one
+    ``scandir`` per cache directory instead of one ``lstat`` per file: most single-link files of an env
+    (``.pyc`` compiled at install, files of deleted cache entries) are not in the cache at all, and a
+    failed ``lstat`` costs a Python exception."""
+
+    def __init__(self) -> None:
+        self._names: dict[str, frozenset[str]] = {}
+        self._devs: dict[str, int | None] = {}
+
+    def _regular_names(self, directory: str) -> frozenset[str]:
+        names = self._names.get(directory)
+        if names is None:
+            try:
+                with os.scandir(directory) as entries:
+                    names = frozenset(e.name for e in entries if e.is_file(follow_symlinks=False))
+            except OSError:
+                names = frozenset()
+            self._names[directory] = names
+        return names
+
+    def device_of(self, entry: str, rel: str) -> int | None:
+        """``st_dev`` of ``entry/rel`` if it is a regular file, else None."""
+        directory, _, name = f"{entry}/{rel}".rpartition("/")
+        if name not in self._regular_names(directory):
+            return None
+        if entry not in self._devs:
+            try:
+                self._devs[entry] = os.lstat(entry).st_dev
+            except OSError:
+                self._devs[entry] = None
+        return self._devs[entry]
 
 
 def _top_packages(walk: TreeWalk, meta: EnvMetadata, top: int) -> tuple[tuple[str, int], ...]:
@@ -58,6 +82,7 @@ def account_contents(
     """Untracked/copied/dedupable bytes of one env (see :class:`~exporter.snapshot.EnvContents`), from
     a walk given ``owned`` (``meta.owned_paths()``) and, with ``top_packages``, the biggest packages."""
     entries: dict[str, str | None] = {}
+    cache_files = _CacheFiles()
     copied_blocks = 0
     dedupable: dict[str, int] = {}
     for rel, blocks in walk.owned_single_links:
@@ -67,7 +92,7 @@ def account_contents(
         if record.dist not in entries:
             entries[record.dist] = _cache_entry(record, pkgs_dirs)
         entry = entries[record.dist]
-        cached_dev = _regular_file_dev(f"{entry}/{rel}") if entry is not None else None
+        cached_dev = cache_files.device_of(entry, rel) if entry is not None else None
         if record.link_type == "copy" or cached_dev is not None:
             copied_blocks += blocks
         # a hardlink cannot cross filesystems: a copy of a cache on another one is not dedupable
