@@ -23,6 +23,8 @@ from exporter.walk import TreeWalk, WalkError, error_kind, walk_tree
 
 __all__ = ["PkgsChunk", "list_package_dirs", "scan_pkgs_chunk"]
 
+# Downloaded repodata, what `conda clean --index-cache` removes.
+INDEX_CACHE_DIR = "cache"
 TARBALL_SUFFIXES = (".tar.bz2", ".conda", ".tar.bz2.part", ".conda.part")
 
 
@@ -37,6 +39,7 @@ class PkgsChunk:
     unreferenced_bytes: int
     tarballs: int
     tarball_bytes: int
+    index_cache_bytes: int = 0
 
 
 def list_package_dirs(pkgs_dir: str) -> tuple[list[str], list[WalkError]]:
@@ -87,11 +90,13 @@ def scan_pkgs_chunk(
         merged.dev = top.dev
         merged.merge(top)
         tarballs, tarball_bytes = _count_tarballs(pkgs_dir, extra_errors)
-    packages = unreferenced = unreferenced_blocks = 0
+    packages = unreferenced = unreferenced_blocks = index_cache_blocks = 0
     for package_dir in package_dirs:
         walk = walk_tree(package_dir, cross_filesystems=cross_filesystems)
         if not merged.dev:
             merged.dev = walk.dev
+        if os.path.basename(package_dir) == INDEX_CACHE_DIR:
+            index_cache_blocks += walk.private_blocks  # repodata JSON: single-link files
         if os.path.isdir(os.path.join(package_dir, "info")) and not os.path.islink(package_dir):
             packages += 1
             # conda's rule: no file with st_nlink > 1. A package we could not read fully is not
@@ -109,4 +114,5 @@ def scan_pkgs_chunk(
         unreferenced_bytes=unreferenced_blocks * BLOCK_SIZE,
         tarballs=tarballs,
         tarball_bytes=tarball_bytes,
+        index_cache_bytes=index_cache_blocks * BLOCK_SIZE,
     )

@@ -180,6 +180,7 @@ def pkgs_usage(root: str, pkgs_dir: str, chunks: list[PkgsChunk]) -> PkgsUsage:
         tarballs=sum(c.tarballs for c in chunks),
         tarball_bytes=sum(c.tarball_bytes for c in chunks),
         chunks=tuple(chunks),
+        index_cache_bytes=sum(c.index_cache_bytes for c in chunks),
     )
 
 

@@ -68,6 +68,7 @@ class PkgsUsage:
     tarballs: int
     tarball_bytes: int
     chunks: tuple[PkgsChunk, ...]
+    index_cache_bytes: int = 0
 
     @property
     def errors(self) -> tuple[WalkError, ...]:

@@ -10,7 +10,7 @@ from exporter.demo import build_demo_root
 
 def build_fixture_root(root: Path) -> Path:
     """Demo root + a nested deep dir, a non-env dir in envs/, a file hardlinked between two envs only,
-    a file hardlinked twice inside one env, a dangling symlink and a stray file in envs/."""
+    a file hardlinked twice inside one env, a dangling symlink, a stray file in envs/ and an index cache."""
     build_demo_root(root)
     envs = root / "envs"
     deep = envs / "web" / "share" / "a" / "b" / "c" / "d"
@@ -26,4 +26,7 @@ def build_fixture_root(root: Path) -> Path:
     (envs / "analysis" / "twice-a").write_bytes(b"t" * 9000)
     os.link(envs / "analysis" / "twice-a", envs / "analysis" / "twice-b")
     os.symlink("/nonexistent/target", envs / "web" / "dangling")
+    # downloaded repodata: what `conda clean --index-cache` removes
+    (root / "pkgs" / "cache").mkdir()
+    (root / "pkgs" / "cache" / "497deca9.json").write_bytes(b"{}" * 30_000)
     return root

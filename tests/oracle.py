@@ -107,7 +107,9 @@ def pkgs_oracle(pkgs: Path) -> dict[str, int]:
         if not linked:
             unreferenced += 1
             unreferenced_bytes += du_bytes(child)
+    index_cache = pkgs / "cache"
     return {
+        "conda_pkgs_index_cache_bytes": du_bytes(index_cache) if index_cache.is_dir() else 0,
         "conda_pkgs_bytes": du_bytes(pkgs),
         "conda_pkgs_apparent_bytes": du_apparent_bytes(pkgs),
         "conda_pkgs_packages": packages,

@@ -40,6 +40,10 @@ METRICS: dict[str, tuple[str, Callable[[PkgsUsage], float]]] = {
         "Package archives that 'conda clean --tarballs' would remove.",
         lambda p: p.tarballs,
     ),
+    "conda_pkgs_index_cache_bytes": (
+        "Allocated bytes of downloaded repodata in the cache's cache/ dir: what 'conda clean --index-cache' frees.",
+        lambda p: p.index_cache_bytes,
+    ),
     "conda_pkgs_unreferenced_bytes": (
         "Allocated bytes of extracted packages none of whose files has a second link: what "
         "'conda clean --packages' frees.",
