@@ -180,3 +180,12 @@ def contents_numbers(prefix: Path, pkgs_dirs: list[Path], prune: list[Path] | No
         untracked_files=untracked_files,
         copied_bytes=copied * 512,
     )
+
+
+def du_total_bytes(paths: list[Path], apparent: bool = False) -> int:
+    """``du -s -c -x``'s total over several trees: an inode met in two of them counts once (without
+    ``apparent``), every path counts (with it, ``-b -l``)."""
+    flags = ["-b", "-l"] if apparent else ["-B1"]
+    out = subprocess.run(["du", "-s", "-c", "-x", *flags, *map(str, paths)], check=True, capture_output=True,
+                         text=True).stdout
+    return int(out.splitlines()[-1].split()[0])
