@@ -25,6 +25,8 @@ __all__ = ["PkgsChunk", "list_package_dirs", "scan_pkgs_chunk"]
 
 # Downloaded repodata, what `conda clean --index-cache` removes.
 INDEX_CACHE_DIR = "cache"
+# Top-level files nothing will use: interrupted downloads and what conda's own clean-up calls temp files.
+LEFTOVER_SUFFIXES = (".partial", ".trash", ".c~")
 TARBALL_SUFFIXES = (".tar.bz2", ".conda", ".tar.bz2.part", ".conda.part")
 
 
@@ -40,6 +42,7 @@ class PkgsChunk:
     tarballs: int
     tarball_bytes: int
     index_cache_bytes: int = 0
+    leftover_bytes: int = 0
 
 
 def list_package_dirs(pkgs_dir: str) -> tuple[list[str], list[WalkError]]:
@@ -52,12 +55,21 @@ def list_package_dirs(pkgs_dir: str) -> tuple[list[str], list[WalkError]]:
     return [os.path.join(pkgs_dir, name) for name in names], []
 
 
-def _count_tarballs(pkgs_dir: str, errors: list[WalkError]) -> tuple[int, int]:
+def _count_tarballs(pkgs_dir: str, errors: list[WalkError]) -> tuple[int, int, int]:
+    """Tarballs ``conda clean --tarballs`` removes (count, bytes), and bytes of top-level leftover files
+    (interrupted downloads, ``.trash``, ``.c~``)."""
     count = 0
     blocks = 0
+    leftover_blocks = 0
     try:
         with os.scandir(pkgs_dir) as entries:
             for entry in entries:
+                if entry.name.endswith(LEFTOVER_SUFFIXES) and entry.is_file(follow_symlinks=False):
+                    try:
+                        leftover_blocks += entry.stat(follow_symlinks=False).st_blocks
+                    except OSError as exc:
+                        errors.append(WalkError(error_kind(exc), entry.path, exc.strerror or str(exc)))
+                    continue
                 if not entry.name.endswith(TARBALL_SUFFIXES):
                     continue
                 try:
@@ -70,7 +82,7 @@ def _count_tarballs(pkgs_dir: str, errors: list[WalkError]) -> tuple[int, int]:
                     blocks += st.st_blocks
     except OSError:
         pass  # the walk of the cache directory itself reports why it cannot be read
-    return count, blocks * BLOCK_SIZE
+    return count, blocks * BLOCK_SIZE, leftover_blocks * BLOCK_SIZE
 
 
 def scan_pkgs_chunk(
@@ -84,19 +96,24 @@ def scan_pkgs_chunk(
     directory itself and its top-level files (``all_package_dirs`` are then left out of that walk)."""
     merged = TreeWalk(path=pkgs_dir)
     extra_errors: list[WalkError] = []
-    tarballs = tarball_bytes = 0
+    tarballs = tarball_bytes = leftover_files_bytes = 0
     if include_top:
         top = walk_tree(pkgs_dir, exclude=all_package_dirs, cross_filesystems=cross_filesystems)
         merged.dev = top.dev
         merged.merge(top)
-        tarballs, tarball_bytes = _count_tarballs(pkgs_dir, extra_errors)
-    packages = unreferenced = unreferenced_blocks = index_cache_blocks = 0
+        tarballs, tarball_bytes, leftover_files_bytes = _count_tarballs(pkgs_dir, extra_errors)
+    packages = unreferenced = unreferenced_blocks = index_cache_blocks = leftover_blocks = 0
     for package_dir in package_dirs:
         walk = walk_tree(package_dir, cross_filesystems=cross_filesystems)
         if not merged.dev:
             merged.dev = walk.dev
         if os.path.basename(package_dir) == INDEX_CACHE_DIR:
             index_cache_blocks += walk.private_blocks  # repodata JSON: single-link files
+        if os.path.basename(package_dir) != INDEX_CACHE_DIR and not os.path.isfile(
+            os.path.join(package_dir, "info", "index.json")
+        ):
+            # an extraction that never finished (or a .trash dir): nothing can use it
+            leftover_blocks += walk.private_blocks + sum(walk.blocks)
         if os.path.isdir(os.path.join(package_dir, "info")) and not os.path.islink(package_dir):
             packages += 1
             # conda's rule: no file with st_nlink > 1. A package we could not read fully is not
@@ -115,4 +132,5 @@ def scan_pkgs_chunk(
         tarballs=tarballs,
         tarball_bytes=tarball_bytes,
         index_cache_bytes=index_cache_blocks * BLOCK_SIZE,
+        leftover_bytes=leftover_blocks * BLOCK_SIZE + (leftover_files_bytes if include_top else 0),
     )

@@ -181,6 +181,7 @@ def pkgs_usage(root: str, pkgs_dir: str, chunks: list[PkgsChunk]) -> PkgsUsage:
         tarball_bytes=sum(c.tarball_bytes for c in chunks),
         chunks=tuple(chunks),
         index_cache_bytes=sum(c.index_cache_bytes for c in chunks),
+        leftover_bytes=sum(c.leftover_bytes for c in chunks),
     )
 
 

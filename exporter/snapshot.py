@@ -69,6 +69,7 @@ class PkgsUsage:
     tarball_bytes: int
     chunks: tuple[PkgsChunk, ...]
     index_cache_bytes: int = 0
+    leftover_bytes: int = 0
 
     @property
     def errors(self) -> tuple[WalkError, ...]:

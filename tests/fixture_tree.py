@@ -29,4 +29,8 @@ def build_fixture_root(root: Path) -> Path:
     # downloaded repodata: what `conda clean --index-cache` removes
     (root / "pkgs" / "cache").mkdir()
     (root / "pkgs" / "cache" / "497deca9.json").write_bytes(b"{}" * 30_000)
+    # leftovers: an extraction that never finished, an interrupted download
+    (root / "pkgs" / "scipy-1.13.0-py311_0" / "lib").mkdir(parents=True)
+    (root / "pkgs" / "scipy-1.13.0-py311_0" / "lib" / "half.so").write_bytes(b"h" * 33_000)
+    (root / "pkgs" / "scipy-1.13.0-py311_0.conda.partial").write_bytes(b"p" * 21_000)
     return root

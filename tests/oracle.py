@@ -107,8 +107,18 @@ def pkgs_oracle(pkgs: Path) -> dict[str, int]:
         if not linked:
             unreferenced += 1
             unreferenced_bytes += du_bytes(child)
+    leftover_blocks = 0
+    for child in sorted(pkgs.iterdir()):
+        if child.is_symlink():
+            continue
+        if child.is_dir() and child.name != "cache" and not (child / "info" / "index.json").is_file():
+            out = subprocess.run(["find", str(child), "-printf", "%b\\n"], check=True, capture_output=True, text=True)
+            leftover_blocks += sum(int(b) for b in out.stdout.split())
+        elif child.is_file() and child.name.endswith((".partial", ".trash", ".c~")):
+            leftover_blocks += child.stat().st_blocks
     index_cache = pkgs / "cache"
     return {
+        "conda_pkgs_leftover_bytes": leftover_blocks * 512,
         "conda_pkgs_index_cache_bytes": du_bytes(index_cache) if index_cache.is_dir() else 0,
         "conda_pkgs_bytes": du_bytes(pkgs),
         "conda_pkgs_apparent_bytes": du_apparent_bytes(pkgs),

@@ -89,6 +89,7 @@ def test_package_cache_matches_conda_rules(exposition: str, fixture_root: Path) 
     assert expected["conda_pkgs_unreferenced_packages"] == 1  # matplotlib, by construction
     assert expected["conda_pkgs_tarballs"] == 1
     assert expected["conda_pkgs_index_cache_bytes"] >= 60_000
+    assert expected["conda_pkgs_leftover_bytes"] >= 33_000 + 21_000
 
 
 def test_root_totals_match_du(exposition: str, fixture_root: Path) -> None:

@@ -44,6 +44,11 @@ METRICS: dict[str, tuple[str, Callable[[PkgsUsage], float]]] = {
         "Allocated bytes of downloaded repodata in the cache's cache/ dir: what 'conda clean --index-cache' frees.",
         lambda p: p.index_cache_bytes,
     ),
+    "conda_pkgs_leftover_bytes": (
+        "Allocated bytes of extractions that never finished (top-level dirs without info/index.json) and "
+        "of interrupted downloads and trash (.partial, .trash, .c~ files).",
+        lambda p: p.leftover_bytes,
+    ),
     "conda_pkgs_unreferenced_bytes": (
         "Allocated bytes of extracted packages none of whose files has a second link: what "
         "'conda clean --packages' frees.",
