@@ -131,11 +131,13 @@ def _scan(settings: Settings, roots: list[str]) -> SnapshotStore:
     return store
 
 
-def serve(settings: Settings, roots: list[str]) -> int:
-    """Serve /metrics until SIGTERM or SIGINT."""
-    if settings.envs or settings.discover_environments_txt:
-        # The daemon watches roots only so far; refusing beats silently leaving these envs out.
-        raise UsageError("--env and --discover.environments-txt work with --once and report only, for now")
+def serve(settings: Settings, roots: list[str], fixed_roots: bool = False) -> int:
+    """Serve /metrics until SIGTERM or SIGINT.
+
+    SIGHUP re-reads conda's configuration (``.condarc`` files, ``environments.txt``), auto-detects
+    roots again unless they were given or ``fixed_roots``, and rescans. The exporter's own settings
+    come from flags and env vars, which a running process cannot be given anew: change those with a
+    restart."""
     # Imported here: --once and report need neither watchdog nor the HTTP server, and start faster.
     from exporter.daemon import Daemon, DaemonConfig
     from exporter.http import MetricsServer, make_app
@@ -143,7 +145,7 @@ def serve(settings: Settings, roots: list[str]) -> int:
     host, port = parse_listen_address(settings.web_listen_address)
     store = SnapshotStore()
     scheduler = Daemon(
-        roots,
+        discovery_of(settings, roots),
         scan_options(settings),
         DaemonConfig(
             debounce=settings.watch_debounce,
@@ -163,8 +165,21 @@ def serve(settings: Settings, roots: list[str]) -> int:
         log.info("received %s, stopping", signal.Signals(signum).name)
         stop.set()
 
+    def on_hangup(_signum: int, _frame: FrameType | None) -> None:
+        threading.Thread(target=reload, name="reload", daemon=True).start()  # not in a signal handler
+
+    def reload() -> None:
+        try:
+            fresh_roots = roots if fixed_roots else resolve_roots(settings)
+            scheduler.reconfigure(discovery_of(settings, fresh_roots), scan_options(settings))
+        except UsageError as exc:
+            log.error("SIGHUP: keeping the running configuration: %s", exc)
+            return
+        log.info("SIGHUP: rediscovering roots %s and rescanning", fresh_roots)
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     server.start()
     log.info("serving %s on %s, roots: %s", settings.web_telemetry_path, settings.web_listen_address, roots)
     scheduler.start()
@@ -190,7 +205,7 @@ def run(argv: list[str] | None) -> int:
         with tempfile.TemporaryDirectory(prefix="conda-env-exporter-demo-") as tmp:
             root = str(build_demo_root(Path(tmp) / "conda"))
             log.info("demo root built at %s", root)
-            return serve(settings, [root])
+            return serve(settings, [root], fixed_roots=True)
     try:
         roots = resolve_roots(settings)
     except UsageError:
@@ -198,7 +213,7 @@ def run(argv: list[str] | None) -> int:
             raise
         log.warning("no conda root found; serving the built-in demo root instead")
         with tempfile.TemporaryDirectory(prefix="conda-env-exporter-demo-") as tmp:
-            return serve(settings, [str(build_demo_root(Path(tmp) / "conda"))])
+            return serve(settings, [str(build_demo_root(Path(tmp) / "conda"))], fixed_roots=True)
     if args.once:
         sys.stdout.write(generate_latest(build_registry(_scan(settings, roots))).decode())
         return 0

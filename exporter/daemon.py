@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, replace
 
 from exporter.account import TreeUsage, apply_link_delta, link_delta
-from exporter.discover import RootLayout, discover_root
+from exporter.discover import Discovery, RootLayout, discover_external, discover_root
 from exporter.scanner import ScanOptions, full_scan, log_errors, pkgs_usage, root_usage, scan_env, scan_pkgs, scan_rest
 from exporter.snapshot import EnvUsage, PkgsUsage, Snapshot, SnapshotStore
 from exporter.walk import WalkError
@@ -56,10 +56,13 @@ class DaemonConfig:
 
 
 class Daemon:
-    """Keeps ``store`` up to date for ``roots``; start() runs it on a background thread."""
+    """Keeps ``store`` up to date for what ``discovery`` finds; start() runs it on a background thread.
 
-    def __init__(self, roots: list[str], options: ScanOptions, config: DaemonConfig, store: SnapshotStore) -> None:
-        self.roots = list(roots)
+    Envs outside any root (``--env``, ``environments.txt``) live under the pseudo-root ``""``."""
+
+    def __init__(self, discovery: Discovery, options: ScanOptions, config: DaemonConfig, store: SnapshotStore) -> None:
+        self.discovery = discovery
+        self.roots = self._roots_of(discovery)
         self.options = options
         self.config = config
         self.store = store
@@ -74,6 +77,33 @@ class Daemon:
         self._reconcile_requested = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="daemon", daemon=True)
+
+    @staticmethod
+    def _roots_of(discovery: Discovery) -> list[str]:
+        return [*discovery.roots, ""] if discovery.extra_envs or discovery.environments_txt else list(discovery.roots)
+
+    def _discover(self, root: str, layouts: dict[str, RootLayout]) -> RootLayout:
+        """The layout of ``root``; for ``""``, the envs no root in ``layouts`` holds."""
+        if root:
+            return discover_root(root)
+        known = [layouts[r] for r in self.discovery.roots if r in layouts]
+        external = discover_external(self.discovery.extra_prefixes(), known)
+        return external or RootLayout(path="", envs=(), pkgs_dirs=(), envs_container=None, ignored_dirs=())
+
+    def _discover_all(self) -> dict[str, RootLayout]:
+        layouts: dict[str, RootLayout] = {}
+        for root in self.roots:  # "" comes last: it needs the others
+            layouts[root] = self._discover(root, layouts)
+        return layouts
+
+    def reconfigure(self, discovery: Discovery, options: ScanOptions) -> None:
+        """Take new roots and scan options (SIGHUP); applied by a reconcile scan as soon as possible."""
+        with self._cond:
+            self.discovery = discovery
+            self.roots = self._roots_of(discovery)
+            self.options = options
+            self._reconcile_requested = True
+            self._cond.notify()
 
     # ---- change detection callbacks (any thread) -------------------------------------------------
 
@@ -114,7 +144,7 @@ class Daemon:
     def _choose_mode(self) -> str:
         if self.config.mode != "auto":
             return self.config.mode
-        for root in self.roots:
+        for root in filter(None, self.roots):
             fstype = filesystem_type(root)
             if fstype in NETWORK_FILESYSTEMS or fstype.startswith("nfs"):
                 log.info("root %s is on a %s filesystem: polling", root, fstype)
@@ -160,7 +190,7 @@ class Daemon:
 
     def _run(self) -> None:
         self._set_mode(self._choose_mode())
-        self.layouts = {root: discover_root(root) for root in self.roots}
+        self.layouts = self._discover_all()
         self._sync_watches()  # before the startup scan, so no change after it goes unseen
         self._full_scan("startup", self.options)
         now = time.monotonic()
@@ -204,7 +234,7 @@ class Daemon:
     def _full_scan(self, trigger: str, options: ScanOptions) -> None:
         started = time.monotonic()
         try:
-            self.layouts = {root: discover_root(root) for root in self.roots}
+            self.layouts = self._discover_all()
             snapshot = full_scan([self.layouts[r] for r in self.roots], options)
         except Exception:  # a bug must not kill the daemon: count it, keep serving the old snapshot
             log.exception("%s scan failed", trigger)
@@ -237,14 +267,16 @@ class Daemon:
             return None
         rediscover = {t.root for t in targets if t.kind == "root" and t.root in self.roots}
         layouts = dict(self.layouts)
-        for root in rediscover:
-            layouts[root] = discover_root(root)
+        for root in sorted(rediscover, key=lambda r: r == ""):  # "" last: it needs the others
+            layouts[root] = self._discover(root, layouts)
         envs_now = {e.prefix: e for r in self.roots for e in layouts[r].envs}
         old_envs = {e.prefix: e for e in old.envs}
         rescan_envs = {t.path for t in targets if t.kind == "env" and t.path in envs_now}
         rescan_envs |= set(envs_now) - set(old_envs)
         removed_envs = set(old_envs) - set(envs_now)
         env_roots = {envs_now[p].root for p in rescan_envs} | {old_envs[p].root for p in removed_envs}
+        if "" in env_roots:  # envs outside roots link from the roots' caches too
+            env_roots |= {r for r in self.roots if r}
         rescan_pkgs = {(t.root, t.path) for t in targets if t.kind == "pkgs"}
         rescan_pkgs |= {(r, d) for r in env_roots for d in layouts[r].pkgs_dirs}
         rescan_pkgs = {(r, d) for r, d in rescan_pkgs if d in layouts[r].pkgs_dirs}
@@ -289,7 +321,8 @@ class Daemon:
             if rest_usage is not None and root not in new_rest:
                 rest_usage = settle(rest_usage)
             root_rest = [rest_usage] if rest_usage is not None else []
-            roots.append(root_usage(layout, root_envs, root_pkgs, root_rest))
+            if root:  # envs outside any root have no root totals
+                roots.append(root_usage(layout, root_envs, root_pkgs, root_rest))
             envs.extend(root_envs)
             pkgs.extend(root_pkgs)
             rest.extend((root, u) for u in root_rest)

@@ -269,11 +269,15 @@ class Discovery:
     extra_envs: tuple[str, ...] = ()
     environments_txt: bool = False
 
-    def layouts(self) -> list[RootLayout]:
-        """One layout per root, then one (``path == ""``) for the envs no root holds, if any."""
-        layouts = [discover_root(root) for root in self.roots]
+    def extra_prefixes(self) -> list[str]:
+        """Env prefixes given one by one, and those of environments.txt when asked (read now)."""
         prefixes = list(self.extra_envs)
         if self.environments_txt:
             prefixes += environments_txt_prefixes()
-        external = discover_external(prefixes, layouts)
+        return prefixes
+
+    def layouts(self) -> list[RootLayout]:
+        """One layout per root, then one (``path == ""``) for the envs no root holds, if any."""
+        layouts = [discover_root(root) for root in self.roots]
+        external = discover_external(self.extra_prefixes(), layouts)
         return [*layouts, external] if external else layouts

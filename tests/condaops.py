@@ -50,7 +50,9 @@ def install(prefix: Path, package: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.exists():
             os.link(package / rel, target)
-    record = {"name": package.name, "files": [str(r) for r in package_files(package)], "link": {"type": 1}}
+    name, version, build = package.name.rsplit("-", 2)
+    record = {"name": name, "version": version, "build": build, "files": [str(r) for r in package_files(package)],
+              "link": {"source": str(package), "type": 1}}
     (prefix / "conda-meta").mkdir(parents=True, exist_ok=True)
     _write_atomic(prefix / "conda-meta" / f"{package.name}.json", json.dumps(record))
 
