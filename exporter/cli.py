@@ -152,6 +152,7 @@ def serve(settings: Settings, roots: list[str], fixed_roots: bool = False) -> in
             mode=settings.watch_mode,
             poll_interval=settings.watch_poll_interval,
             reconcile_interval=settings.scan_interval,
+            state_file=str(settings.state_file) if settings.state_file else None,
         ),
         store,
     )

@@ -102,6 +102,12 @@ class Settings(BaseSettings):
         "each adds a series per env).",
         json_schema_extra=_flag("--collect.packages"),
     )
+    state_file: Path | None = Field(
+        default=None,
+        description="File to keep results in across restarts: served at once on start, then only what "
+        "changed meanwhile is rescanned. Empty: no state file.",
+        json_schema_extra=_flag("--state.file"),
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info",
         description="Least severe log level written to stderr.",
@@ -112,6 +118,11 @@ class Settings(BaseSettings):
         description="When no root is given or found, build and serve the demo root instead of failing.",
         json_schema_extra=_flag("--demo-if-no-root"),
     )
+
+    @field_validator("state_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("roots", "envs", mode="before")
     @classmethod
@@ -162,7 +173,8 @@ def markdown_table() -> str:
     lines = ["| flag | env var | default | meaning |", "|---|---|---|---|"]
     for name, info in Settings.model_fields.items():
         default = info.get_default(call_default_factory=True)
-        shown = {"roots": "auto-detect", "envs": "none"}.get(name) or f"`{default}`".replace("`False`", "off")
+        special = {"roots": "auto-detect", "envs": "none", "state_file": "none"}
+        shown = special.get(name) or f"`{default}`".replace("`False`", "off")
         lines.append(f"| `{flag_of(name)}` | `{ENV_PREFIX}{name.upper()}` | {shown} | {info.description} |")
     return "\n".join(lines)
 

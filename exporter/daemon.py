@@ -26,6 +26,7 @@ from exporter.account import TreeUsage, apply_link_delta, link_delta
 from exporter.discover import Discovery, RootLayout, discover_external, discover_root
 from exporter.scanner import ScanOptions, full_scan, log_errors, pkgs_usage, root_usage, scan_env, scan_pkgs, scan_rest
 from exporter.snapshot import EnvUsage, PkgsUsage, Snapshot, SnapshotStore
+from exporter.state import Fingerprints, load_state, save_state
 from exporter.walk import WalkError
 from exporter.watch import (
     NETWORK_FILESYSTEMS,
@@ -53,6 +54,9 @@ class DaemonConfig:
     mode: str = "auto"
     poll_interval: float = 30.0
     reconcile_interval: float = 21600.0
+    state_file: str | None = None
+    # Least seconds between two writes of the state file (it is also written on a clean stop).
+    state_save_interval: float = 60.0
 
 
 class Daemon:
@@ -77,6 +81,10 @@ class Daemon:
         self._reconcile_requested = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="daemon", daemon=True)
+        # Fingerprints taken *before* the walks behind the published numbers: a change made during a
+        # walk then differs at the next start and is rescanned, never skipped.
+        self._published_prints: dict[Target, tuple[tuple[int, int], ...]] = {}
+        self._saved_at = 0.0
 
     @staticmethod
     def _roots_of(discovery: Discovery) -> list[str]:
@@ -137,7 +145,53 @@ class Daemon:
         self._thread.join(timeout)
         if self._watcher is not None:
             self._watcher.stop()
-        return not self._thread.is_alive()
+        stopped = not self._thread.is_alive()
+        if stopped:
+            self._save_state()
+        return stopped
+
+    # ---- state file -----------------------------------------------------------------------------
+
+    def _current_prints(self) -> dict[Target, tuple[tuple[int, int], ...]]:
+        return fingerprints(watch_specs(self.layouts[r] for r in self.roots if r in self.layouts).values())
+
+    def _save_state(self) -> None:
+        snapshot = self.store.snapshot
+        if not self.config.state_file or snapshot is None or not self.store.health().results_verified:
+            return
+        prints: Fingerprints = {
+            (str(t.kind), t.path, t.root): [list(s) for s in stamps] for t, stamps in self._published_prints.items()
+        }
+        try:
+            save_state(self.config.state_file, self.roots, snapshot, prints)
+        except OSError as exc:
+            log.warning("cannot write the state file %r: %s", self.config.state_file, exc)
+        self._saved_at = time.monotonic()
+
+    def _maybe_save_state(self) -> None:
+        if time.monotonic() - self._saved_at >= self.config.state_save_interval:
+            self._save_state()
+
+    def _warm_start(self) -> bool:
+        """Serve the state file's numbers at once and queue what changed since; False to scan fully."""
+        if not self.config.state_file:
+            return False
+        loaded = load_state(self.config.state_file, self.roots)
+        self.store.update_watch(state_loaded=loaded.result)
+        if loaded.result != "ok" or loaded.snapshot is None:
+            return False
+        self.store.publish(loaded.snapshot, "state", verified=False)
+        saved = {Target(k[0], k[1], k[2]): tuple((s[0], s[1]) for s in v)  # type: ignore[arg-type]
+                 for k, v in loaded.fingerprints.items()}
+        now = self._current_prints()
+        self._published_prints = now
+        changed = [t for t in set(now) | set(saved) if now.get(t) != saved.get(t)]
+        for target in changed:
+            self.mark_dirty(target if target in now else Target("root", target.root, target.root), "state")
+        if not changed:
+            self.store.update_watch(results_verified=True)
+        log.info("state file loaded: serving its numbers, %d target(s) changed since", len(changed))
+        return True
 
     # ---- watching -------------------------------------------------------------------------------
 
@@ -192,7 +246,9 @@ class Daemon:
         self._set_mode(self._choose_mode())
         self.layouts = self._discover_all()
         self._sync_watches()  # before the startup scan, so no change after it goes unseen
-        self._full_scan("startup", self.options)
+        if not self._warm_start():
+            self._full_scan("startup", self.options)
+        self._save_state()
         now = time.monotonic()
         next_poll = now + self.config.poll_interval
         interval = self.config.reconcile_interval
@@ -222,6 +278,8 @@ class Daemon:
                 next_reconcile = time.monotonic() + interval if interval > 0 else float("inf")
             else:
                 self._batch(batch)
+            if self.config.state_file:
+                self._maybe_save_state()
             with self._cond:
                 self._busy = False
                 if self._changed_while_busy and batch and not reconcile:
@@ -235,12 +293,14 @@ class Daemon:
         started = time.monotonic()
         try:
             self.layouts = self._discover_all()
+            prints = self._current_prints()
             snapshot = full_scan([self.layouts[r] for r in self.roots], options)
         except Exception:  # a bug must not kill the daemon: count it, keep serving the old snapshot
             log.exception("%s scan failed", trigger)
             self.store.record_failure(trigger, time.monotonic() - started)
             return
         self.store.publish(snapshot, trigger)
+        self._published_prints = prints
         self._sync_watches()
         log.info(
             "%s scan of %d root(s), %d env(s) done in %.2f s with %d error(s)",
@@ -248,8 +308,9 @@ class Daemon:
         )
 
     def _batch(self, batch: dict[Target, str]) -> None:
-        trigger = "poll" if "poll" in batch.values() else "event"
+        trigger = next((t for t in ("state", "poll") if t in batch.values()), "event")
         started = time.monotonic()
+        prints = self._current_prints()
         try:
             snapshot = self._rescan(set(batch), started)
         except Exception:
@@ -258,6 +319,12 @@ class Daemon:
             return
         if snapshot is not None:
             self.store.publish(snapshot, trigger)
+            for target in batch:  # only the rescanned targets' fingerprints are now behind the numbers
+                if target.kind == "root":
+                    self._published_prints = prints
+                    break
+                if target in prints:
+                    self._published_prints[target] = prints[target]
             self._sync_watches()
 
     def _rescan(self, targets: set[Target], started: float) -> Snapshot | None:

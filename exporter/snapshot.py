@@ -128,6 +128,8 @@ class ScanHealth:
     watch_limit_reached: bool = False
     # False while serving numbers loaded from a state file that no scan has confirmed yet.
     results_verified: bool = True
+    # How loading the state file went (ok, missing, corrupt, version, roots); "" without a state file.
+    state_loaded: str = ""
 
     def copy(self) -> ScanHealth:
         return ScanHealth(
@@ -144,6 +146,7 @@ class ScanHealth:
             queue_overflows_total=self.queue_overflows_total,
             watch_limit_reached=self.watch_limit_reached,
             results_verified=self.results_verified,
+            state_loaded=self.state_loaded,
         )
 
 

@@ -38,10 +38,7 @@ pytestmark = pytest.mark.slow
 
 # Metrics the dashboards and rules use that the exporter does not export yet (CONTRACT.md: daemon and
 # conda-depth issues). Remove a name when its issue lands; the test fails while a listed name is exported.
-PENDING_METRICS = frozenset({
-    # daemon issue: the state file
-    "conda_exporter_state_loaded",
-})
+PENDING_METRICS: frozenset[str] = frozenset()
 # Alert operands that select an unhealthy state only, so a healthy exporter leaves them empty.
 EMPTY_WHEN_HEALTHY = frozenset({'conda_exporter_watch_mode{mode="poll"}'})
 JOB = "conda-env-exporter"  # the job name the alerts expect (deploy/prometheus/rules/README.md)

@@ -34,6 +34,12 @@ SELF_GAUGES = {
     "conda_exporter_results_verified": "0 while serving numbers loaded from the state file that no scan confirmed yet.",
     "conda_exporter_oldest_result_age_seconds": "Age of the oldest env result served (now minus its scan time).",
 }
+STATE_LOADED = "conda_exporter_state_loaded"
+STATE_LOADED_HELP = (
+    "1 for how loading the state file at start went: ok, missing, corrupt, version (another format) or "
+    "roots (written for other roots); no series without --state.file."
+)
+STATE_RESULTS = ("ok", "missing", "corrupt", "version", "roots")
 ENVS = "conda_exporter_envs"
 ENVS_HELP = "Environments in the latest snapshot, over all roots."
 
@@ -99,3 +105,8 @@ class ExporterCollector(Collector):
         }
         for name, help_text in SELF_GAUGES.items():
             yield GaugeMetricFamily(name, help_text, value=values[name])
+        state = GaugeMetricFamily(STATE_LOADED, STATE_LOADED_HELP, labels=("result",))
+        if health.state_loaded:  # no series without a state file
+            for result in STATE_RESULTS:
+                state.add_metric((result,), 1 if health.state_loaded == result else 0)
+        yield state
