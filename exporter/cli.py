@@ -157,7 +157,7 @@ def serve(settings: Settings, roots: list[str], fixed_roots: bool = False) -> in
         store,
     )
     try:
-        server = MetricsServer(make_app(build_registry(store), store, settings.web_telemetry_path), host, port)
+        server = MetricsServer(make_app(store, settings.web_telemetry_path), host, port)
     except OSError as exc:
         raise UsageError(f"cannot listen on {settings.web_listen_address!r}: {exc.strerror}") from None
     stop = threading.Event()

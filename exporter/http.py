@@ -13,10 +13,10 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import make_wsgi_app
-from prometheus_client.registry import CollectorRegistry
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from exporter import __version__
+from exporter.collector import ExpositionCache
 from exporter.snapshot import SnapshotStore
 
 __all__ = ["MetricsServer", "make_app"]
@@ -44,16 +44,17 @@ def _plain(start_response: StartResponse, status: str, body: str) -> list[bytes]
     return [data]
 
 
-def make_app(registry: CollectorRegistry, store: SnapshotStore, telemetry_path: str) -> WSGIApp:
+def make_app(store: SnapshotStore, telemetry_path: str) -> WSGIApp:
     """The WSGI application serving every endpoint."""
-    metrics_app = make_wsgi_app(registry)
+    exposition = ExpositionCache(store)
     landing = LANDING_PAGE.format(version=html.escape(__version__), metrics=html.escape(telemetry_path))
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
         if path == telemetry_path:
-            # prometheus_client's app serves whatever path it gets; only hand it ours.
-            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+            data = exposition.render()
+            start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(data)))])
+            return [data]
         if path == "/healthz":
             return _plain(start_response, "200 OK", "ok\n")
         if path == "/readyz":
@@ -77,6 +78,9 @@ class _QuietHandler(WSGIRequestHandler):
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 drops connections when many scrapers arrive at once, and a
+    # dropped SYN is retried only after a second.
+    request_queue_size = 128
 
 
 class _ThreadingServerV6(_ThreadingServer):
