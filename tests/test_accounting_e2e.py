@@ -10,16 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.condaops import ENV_METRICS
 from tests.exposition import by_label, samples
 from tests.oracle import contents_numbers, du_apparent_bytes, du_bytes, pkgs_oracle, tree_numbers
-
-ENV_METRICS = {
-    "conda_env_unique_bytes": "unique_bytes",
-    "conda_env_shared_bytes": "shared_bytes",
-    "conda_env_apparent_bytes": "apparent_bytes",
-    "conda_env_files": "files",
-    "conda_env_hardlinked_files": "hardlinked_files",
-}
 
 
 def run_once(exporter_cmd: list[str], root: Path, *extra: str) -> str:

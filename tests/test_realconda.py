@@ -8,17 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.condaops import ENV_METRICS
 from tests.exposition import samples
 from tests.oracle import contents_numbers, du_apparent_bytes, du_bytes, du_total_bytes, pkgs_oracle, tree_numbers
 from tests.realconda import RealRoot
 
-TREE = {
-    "conda_env_unique_bytes": "unique_bytes",
-    "conda_env_shared_bytes": "shared_bytes",
-    "conda_env_apparent_bytes": "apparent_bytes",
-    "conda_env_files": "files",
-    "conda_env_hardlinked_files": "hardlinked_files",
-}
 CONTENTS = {
     "conda_env_packages": "packages",
     "conda_env_untracked_bytes": "untracked_bytes",
@@ -60,7 +54,7 @@ def test_every_env_metric_matches_the_oracle(exposition: dict[str, dict[str, dic
         prune = [real.root / "envs", real.pkgs] if name == "base" else []
         tree = tree_numbers(prefix, prune)
         contents = contents_numbers(prefix, pkgs_dirs(real), prune)
-        for metric, attr in TREE.items():
+        for metric, attr in ENV_METRICS.items():
             assert value(exposition, metric, prefix) == getattr(tree, attr), (metric, name)
         for metric, attr in CONTENTS.items():
             assert value(exposition, metric, prefix) == getattr(contents, attr), (metric, name)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from exporter.collector.families import Definitions, gauge_families
 from exporter.discover import label_value
 from exporter.snapshot import EnvUsage, SnapshotStore
 
@@ -22,7 +23,7 @@ PACKAGE_BYTES_HELP = (
 )
 
 # name -> (help, value of one env or None when the env has no such value)
-METRICS: dict[str, tuple[str, Callable[[EnvUsage], float | None]]] = {
+METRICS: Definitions[EnvUsage] = {
     "conda_env_packages": (
         "Packages installed in the env, by its conda-meta records.",
         lambda e: e.contents.packages,
@@ -60,13 +61,7 @@ class ContentsCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         snapshot = self._store.snapshot
         envs = snapshot.envs if snapshot else ()
-        for name, (help_text, value) in METRICS.items():
-            family = GaugeMetricFamily(name, help_text, labels=LABELS)
-            for env in envs:
-                number = value(env)
-                if number is not None:
-                    family.add_metric(env_labels(env), number)
-            yield family
+        yield from gauge_families(METRICS, envs, LABELS, env_labels)
         packages = GaugeMetricFamily(PACKAGE_BYTES, PACKAGE_BYTES_HELP, labels=(*LABELS, "package"))
         for env in envs:
             for package, size in env.contents.top_packages:

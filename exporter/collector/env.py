@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from exporter.collector.contents import env_labels
+from exporter.collector.families import Definitions, gauge_families
 from exporter.snapshot import EnvUsage, SnapshotStore
 
 LABELS = ("root", "env", "prefix")
 
 # name -> (help, value of one env)
-METRICS: dict[str, tuple[str, Callable[[EnvUsage], float]]] = {
+METRICS: Definitions[EnvUsage] = {
     "conda_env_unique_bytes": (
         "Allocated bytes of inodes whose every link lies inside the env: what deleting the env frees.",
         lambda e: e.usage.unique_bytes,
@@ -53,9 +54,4 @@ class EnvCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         snapshot = self._store.snapshot
-        envs = snapshot.envs if snapshot else ()
-        for name, (help_text, value) in METRICS.items():
-            family = GaugeMetricFamily(name, help_text, labels=LABELS)
-            for env in envs:
-                family.add_metric(env_labels(env), value(env))
-            yield family
+        yield from gauge_families(METRICS, snapshot.envs if snapshot else (), LABELS, env_labels)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from exporter.collector.families import Definitions, gauge_families
 from exporter.discover import label_value
 from exporter.snapshot import PkgsUsage, SnapshotStore
 
@@ -18,7 +19,7 @@ DEDUPABLE_HELP = (
     "them to the cache would save."
 )
 
-METRICS: dict[str, tuple[str, Callable[[PkgsUsage], float]]] = {
+METRICS: Definitions[PkgsUsage] = {
     "conda_pkgs_bytes": (
         "Allocated bytes of the whole package cache directory, each inode once (du -s).",
         lambda p: p.bytes,
@@ -61,6 +62,10 @@ METRICS: dict[str, tuple[str, Callable[[PkgsUsage], float]]] = {
 }
 
 
+def cache_labels(cache: PkgsUsage) -> tuple[str, str]:
+    return label_value(cache.root), label_value(cache.path)
+
+
 class PkgsCollector(Collector):
     """Renders one gauge per package cache and metric from the latest snapshot."""
 
@@ -70,16 +75,12 @@ class PkgsCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         snapshot = self._store.snapshot
         caches = snapshot.pkgs if snapshot else ()
-        for name, (help_text, value) in METRICS.items():
-            family = GaugeMetricFamily(name, help_text, labels=LABELS)
-            for cache in caches:
-                family.add_metric((label_value(cache.root), label_value(cache.path)), value(cache))
-            yield family
+        yield from gauge_families(METRICS, caches, LABELS, cache_labels)
         dedupable: dict[str, int] = {}
         for env in snapshot.envs if snapshot else ():
             for pkgs_dir, size in env.contents.dedupable:
                 dedupable[pkgs_dir] = dedupable.get(pkgs_dir, 0) + size
         family = GaugeMetricFamily(DEDUPABLE, DEDUPABLE_HELP, labels=LABELS)
         for cache in caches:
-            family.add_metric((label_value(cache.root), label_value(cache.path)), dedupable.get(cache.path, 0))
+            family.add_metric(cache_labels(cache), dedupable.get(cache.path, 0))
         yield family

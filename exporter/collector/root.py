@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from exporter.collector.families import Definitions, gauge_families
 from exporter.discover import label_value
 from exporter.snapshot import RootUsage, SnapshotStore
 
 LABELS = ("root",)
 
-METRICS: dict[str, tuple[str, Callable[[RootUsage], float]]] = {
+METRICS: Definitions[RootUsage] = {
     "conda_root_bytes": (
         "Allocated bytes of the whole installation, each inode once: its true disk cost (du -s).",
         lambda r: r.bytes,
@@ -48,9 +49,4 @@ class RootCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         snapshot = self._store.snapshot
-        roots = snapshot.roots if snapshot else ()
-        for name, (help_text, value) in METRICS.items():
-            family = GaugeMetricFamily(name, help_text, labels=LABELS)
-            for root in roots:
-                family.add_metric((label_value(root.path),), value(root))
-            yield family
+        yield from gauge_families(METRICS, snapshot.roots if snapshot else (), LABELS, lambda r: (label_value(r.path),))
