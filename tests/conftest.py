@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -9,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.deployrun import DOCKERFILE, PORT, Running, clean_env, substitute
+from tests.deployrun import EXPORTER as EXPORTER_PATH
+from tests.deploytools import Container, container_of
 from tests.fixture_tree import build_fixture_root
+from tests.httpwait import free_port
 from tests.realconda import RealRoot, build_real_conda_root, unmount
 
 EXPORTER = str(Path(sys.executable).with_name("conda-env-exporter"))
@@ -40,3 +45,44 @@ def real_conda_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealRo
     if built.copied_cache is not None:
         unmount(built.copied_cache.parent)
     shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """conda-meta/, envs/x/conda-meta/ and pkgs/, with one package file hardlinked into env x."""
+    root = tmp_path_factory.mktemp("deployroot") / "conda"
+    (root / "conda-meta").mkdir(parents=True)
+    (root / "conda-meta" / "history").write_text("")
+    pkg = root / "pkgs" / "tiny-1.0-0"
+    (pkg / "info").mkdir(parents=True)
+    (pkg / "lib").mkdir()
+    (pkg / "lib" / "tiny.so").write_bytes(b"\x7fELF" + b"t" * 8000)
+    env = root / "envs" / "x"
+    (env / "conda-meta").mkdir(parents=True)
+    (env / "conda-meta" / "history").write_text("")
+    (env / "lib").mkdir()
+    os.link(pkg / "lib" / "tiny.so", env / "lib" / "tiny.so")
+    (env / "lib" / "own.txt").write_bytes(b"o" * 3000)
+    return root
+
+
+@pytest.fixture
+def container_run(small_root: Path, tmp_path: Path) -> Iterator[tuple[Container, Running, int]]:
+    """The exporter as `docker run -v ROOT:/conda:ro -v STATE:/var/lib/conda-env-exporter` starts it."""
+    container = container_of(DOCKERFILE)
+    port = free_port()
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    volume = container.volumes[0]
+    subs = {volume: str(state_dir), f":{PORT}": f"127.0.0.1:{port}"}
+    env = {**clean_env(), **{k: substitute(v, subs) for k, v in container.env.items()}}
+    assert env["CONDA_EXPORTER_ROOTS"] == "/conda"
+    env["CONDA_EXPORTER_ROOTS"] = str(small_root)  # the bind mount
+    argv = [substitute(a, subs) for a in container.argv]
+    argv[0] = shutil.which(argv[0], path=env["PATH"]) or argv[0]
+    assert argv[0] == str(EXPORTER_PATH)
+    run = Running(argv, env, tmp_path)
+    try:
+        yield container, run, port
+    finally:
+        run.stop()
