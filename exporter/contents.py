@@ -109,4 +109,6 @@ def account_contents(
         python_version=meta.python_version,
         last_transaction=meta.last_transaction,
         top_packages=_top_packages(walk, meta, top_packages) if top_packages else (),
+        sources=None if meta.errors or any(r.source is None for r in meta.packages)
+        else tuple(sorted({os.path.normpath(r.source) for r in meta.packages if r.source})),
     )

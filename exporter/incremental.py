@@ -11,12 +11,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from exporter.account import TreeUsage, apply_link_delta, link_delta
 from exporter.discover import RootLayout
+from exporter.pkgs import PkgsChunk, scan_pkgs_chunk
 from exporter.scanner import ScanOptions, log_errors, pkgs_usage, root_usage, scan_env, scan_pkgs, scan_rest
 from exporter.snapshot import EnvUsage, PkgsUsage, Snapshot
 from exporter.walk import WalkError
@@ -25,6 +27,24 @@ from exporter.watch import Target
 __all__ = ["rescan"]
 
 log = logging.getLogger(__name__)
+
+
+def _chunks_holding(chunks: Sequence[PkgsChunk], pkgs_dir: str, touched: set[str] | None) -> set[int] | None:
+    """Indexes of the chunks of ``pkgs_dir`` holding the ``touched`` cache entries; None when the whole
+    cache must be walked (no chunks yet, unknown entries, or an entry no chunk holds: newly extracted)."""
+    if touched is None or not chunks:
+        return None
+    here = {t for t in touched if os.path.dirname(t) == pkgs_dir}
+    wanted = {i for i, chunk in enumerate(chunks) if here & set(chunk.package_dirs)}
+    held = {d for i in wanted for d in chunks[i].package_dirs}
+    return wanted if here <= held else None
+
+
+def rescan_chunk(chunk: PkgsChunk, options: ScanOptions) -> PkgsChunk:
+    """Walk one chunk of a package cache again, as it was walked the first time."""
+    return scan_pkgs_chunk(
+        chunk.pkgs_dir, list(chunk.package_dirs), chunk.include_top, chunk.all_package_dirs, options.cross_filesystems
+    )
 
 
 def rescan(
@@ -54,21 +74,48 @@ def rescan(
     env_roots = {envs_now[p].root for p in rescan_envs} | {old_envs[p].root for p in removed_envs}
     if "" in env_roots:  # envs outside roots link from the roots' caches too
         env_roots |= {r for r in roots if r}
-    rescan_pkgs = {(t.root, t.path) for t in targets if t.kind == "pkgs"}
-    rescan_pkgs |= {(r, d) for r in env_roots for d in layouts[r].pkgs_dirs}
-    rescan_pkgs = {(r, d) for r, d in rescan_pkgs if d in layouts[r].pkgs_dirs}
-
-    new_envs = {p: scan_env(envs_now[p], options) for p in sorted(rescan_envs)}
-    new_pkgs = {d: scan_pkgs(r, d, options) for r, d in sorted(rescan_pkgs)}
-    new_rest = {r: scan_rest(layouts[r], options) for r in sorted(rediscover)}
     old_pkgs = {p.path: p for p in old.pkgs}
+    new_envs = {p: scan_env(envs_now[p], options) for p in sorted(rescan_envs)}
+    # Cache entries whose links the batch changed: packages added to or removed from an env.
+    touched: set[str] | None = set()
+    for prefix in rescan_envs | removed_envs:
+        before = old_envs[prefix].contents.sources if prefix in old_envs else ()
+        after = new_envs[prefix].contents.sources if prefix in new_envs else ()
+        if before is None or after is None or touched is None:
+            touched = None  # a record does not say where it came from: any cache entry may be involved
+        else:
+            touched |= set(before) ^ set(after)
+    whole = {(t.root, t.path) for t in targets if t.kind == "pkgs"}
+    partial: dict[tuple[str, str], set[int]] = {}  # (root, cache) -> indexes of chunks to walk again
+    for root in sorted(env_roots):
+        for pkgs_dir in layouts[root].pkgs_dirs:
+            known = old_pkgs[pkgs_dir].chunks if pkgs_dir in old_pkgs else ()
+            wanted = _chunks_holding(known, pkgs_dir, touched)
+            if wanted is None:
+                whole.add((root, pkgs_dir))
+            elif wanted:
+                partial[(root, pkgs_dir)] = wanted
+    whole = {(r, d) for r, d in whole if d in layouts[r].pkgs_dirs}
+
+    new_pkgs = {d: scan_pkgs(r, d, options) for r, d in sorted(whole)}
+    old_tables = [c.usage.shared for d in new_pkgs if d in old_pkgs for c in old_pkgs[d].chunks]
+    new_tables = [c.usage.shared for p in new_pkgs.values() for c in p.chunks]
+    replaced: dict[str, dict[int, PkgsChunk]] = {}  # cache -> chunk index -> the chunk walked again
+    for (_root, pkgs_dir), indexes in sorted(partial.items()):
+        if pkgs_dir in new_pkgs:
+            continue
+        for i in sorted(indexes):
+            before_chunk = old_pkgs[pkgs_dir].chunks[i]
+            after_chunk = rescan_chunk(before_chunk, options)
+            replaced.setdefault(pkgs_dir, {})[i] = after_chunk
+            old_tables.append(before_chunk.usage.shared)
+            new_tables.append(after_chunk.usage.shared)
+    new_rest = {r: scan_rest(layouts[r], options) for r in sorted(rediscover)}
     old_rest = dict(old.rest)
 
-    old_tables = [old_envs[p].usage.shared for p in rescan_envs | removed_envs if p in old_envs]
-    old_tables += [c.usage.shared for d in new_pkgs if d in old_pkgs for c in old_pkgs[d].chunks]
+    old_tables += [old_envs[p].usage.shared for p in rescan_envs | removed_envs if p in old_envs]
     old_tables += [old_rest[r].shared for r in new_rest if r in old_rest]
-    new_tables = [e.usage.shared for e in new_envs.values()]
-    new_tables += [c.usage.shared for p in new_pkgs.values() for c in p.chunks]
+    new_tables += [e.usage.shared for e in new_envs.values()]
     new_tables += [u.shared for u in new_rest.values() if u is not None]
     deltas = link_delta(old_tables, new_tables)
 
@@ -92,7 +139,11 @@ def rescan(
             if pkgs_dir in new_pkgs:
                 root_pkgs.append(new_pkgs[pkgs_dir])
             elif pkgs_dir in old_pkgs:
-                chunks = [replace(c, usage=settle(c.usage)) for c in old_pkgs[pkgs_dir].chunks]
+                walked_again = replaced.get(pkgs_dir, {})
+                chunks = [
+                    walked_again[i] if i in walked_again else replace(c, usage=settle(c.usage))
+                    for i, c in enumerate(old_pkgs[pkgs_dir].chunks)
+                ]
                 root_pkgs.append(pkgs_usage(root, pkgs_dir, chunks))
         rest_usage = new_rest[root] if root in new_rest else old_rest.get(root)
         if rest_usage is not None and root not in new_rest:
@@ -106,12 +157,13 @@ def rescan(
 
     errors: list[WalkError] = [e for u in new_envs.values() for e in u.usage.errors]
     errors += [e for p in new_pkgs.values() for e in p.errors]
+    errors += [e for chunks in replaced.values() for c in chunks.values() for e in c.usage.errors]
     errors += [e for u in new_rest.values() if u is not None for e in u.errors]
     log_errors(errors)
     duration = time.monotonic() - started
     log.info(
-        "rescanned %d env(s), %d cache(s), %d root(s), dropped %d env(s) in %.3f s",
-        len(new_envs), len(new_pkgs), len(new_rest), len(removed_envs), duration,
+        "rescanned %d env(s), %d whole cache(s), %d cache chunk(s), %d root(s), dropped %d env(s) in %.3f s",
+        len(new_envs), len(new_pkgs), sum(map(len, replaced.values())), len(new_rest), len(removed_envs), duration,
     )
     snapshot = Snapshot(
         roots=tuple(root_totals),

@@ -43,6 +43,10 @@ class PkgsChunk:
     tarball_bytes: int
     index_cache_bytes: int = 0
     leftover_bytes: int = 0
+    # What was walked, so that this chunk alone can be walked again.
+    package_dirs: tuple[str, ...] = ()
+    include_top: bool = False
+    all_package_dirs: frozenset[str] = frozenset()
 
 
 def list_package_dirs(pkgs_dir: str) -> tuple[list[str], list[WalkError]]:
@@ -133,4 +137,7 @@ def scan_pkgs_chunk(
         tarball_bytes=tarball_bytes,
         index_cache_bytes=index_cache_blocks * BLOCK_SIZE,
         leftover_bytes=leftover_blocks * BLOCK_SIZE + (leftover_files_bytes if include_top else 0),
+        package_dirs=tuple(package_dirs),
+        include_top=include_top,
+        all_package_dirs=all_package_dirs,
     )

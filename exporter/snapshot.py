@@ -39,6 +39,9 @@ class EnvContents:
     last_transaction: float | None = None
     # (package name, allocated bytes of its paths in the env), biggest first; only with --collect.packages
     top_packages: tuple[tuple[str, int], ...] = ()
+    # Cache entries (extracted package dirs) the env's records say its packages came from; None when
+    # some record does not say, and so any cache entry may be involved.
+    sources: tuple[str, ...] | None = ()
 
 
 @dataclass(frozen=True)

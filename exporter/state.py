@@ -56,6 +56,8 @@ def _encode(value: Any) -> Any:
         return {"__type__": type(value).__name__, **fields}
     if isinstance(value, np.ndarray):
         return {"__ndarray__": base64.b64encode(value.tobytes()).decode("ascii"), "dtype": value.dtype.str}
+    if isinstance(value, frozenset):
+        return {"__frozenset__": sorted(_encode(v) for v in value)}
     if isinstance(value, tuple | list):
         return {"__tuple__": [_encode(v) for v in value]} if isinstance(value, tuple) else [_encode(v) for v in value]
     if value is None or isinstance(value, str | int | float | bool):
@@ -70,6 +72,8 @@ def _decode(value: Any) -> Any:
         return value
     if "__ndarray__" in value:
         return np.frombuffer(base64.b64decode(value["__ndarray__"]), dtype=np.dtype(value["dtype"])).copy()
+    if "__frozenset__" in value:
+        return frozenset(_decode(v) for v in value["__frozenset__"])
     if "__tuple__" in value:
         return tuple(_decode(v) for v in value["__tuple__"])
     cls = _TYPES[value["__type__"]]  # KeyError for an unknown type: the file is not ours

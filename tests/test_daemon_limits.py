@@ -169,3 +169,26 @@ def test_sighup_rediscovers_conda_configuration(exporter_cmd: list[str], root: P
     finally:
         log = stop(proc)
     assert "SIGHUP" in log
+
+
+def test_an_install_walks_only_the_cache_chunk_it_touched(exporter_cmd: list[str], tmp_path: Path) -> None:
+    """A cache of 130 packages is walked in 3 chunks; linking one package walks its chunk only."""
+    root = tmp_path / "conda"
+    (root / "conda-meta").mkdir(parents=True)
+    for i in range(130):
+        package = root / "pkgs" / f"p{i:03d}-1.0-0"
+        (package / "info").mkdir(parents=True)
+        (package / "info" / "index.json").write_text("{}")
+        (package / "lib").mkdir()
+        (package / "lib" / f"p{i:03d}.so").write_bytes(b"x" * (4096 + i))
+    env = root / "envs" / "e"
+    (env / "conda-meta").mkdir(parents=True)
+    install(env, root / "pkgs" / "p000-1.0-0")
+    proc, port = launch(exporter_cmd, root, tmp_path, "--log.level", "info")
+    try:
+        wait_ready(proc, port)
+        install(env, root / "pkgs" / "p100-1.0-0")
+        Running(proc, port, root).converge("the install, with one chunk walked again")
+    finally:
+        log = stop(proc)
+    assert "0 whole cache(s), 1 cache chunk(s)" in log, log[-2000:]
