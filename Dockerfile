@@ -17,7 +17,13 @@ ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-# .dockerignore lets through only pyproject.toml, README.md, LICENSE and exporter/
+# A C compiler for the native walker (exporter/_walker.c); it stays in this stage. Debian's stable
+# packages take only security fixes, so pinning their versions would only break the build later.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+# .dockerignore lets through only pyproject.toml, setup.py, README.md, LICENSE and exporter/
 COPY . .
 RUN pip wheel --wheel-dir /wheels .
 

@@ -28,6 +28,7 @@ from exporter.discover import Discovery, RootNotFoundError, detect_roots, valida
 from exporter.report import render_report
 from exporter.scanner import ScanOptions, full_scan
 from exporter.snapshot import SnapshotStore
+from exporter.walk import WALKER
 
 __all__ = ["main"]
 
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo: build a demo root in a temporary dir and serve it",
     )
     parser.add_argument("--once", action="store_true", help="scan, print the exposition to stdout and exit")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (walker: {WALKER})")
     for name, info in Settings.model_fields.items():
         env_var = f"{ENV_PREFIX}{name.upper()}"
         help_text = f"{info.description} [env {env_var}]"
@@ -182,7 +183,8 @@ def serve(settings: Settings, roots: list[str], fixed_roots: bool = False) -> in
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hangup)
     server.start()
-    log.info("serving %s on %s, roots: %s", settings.web_telemetry_path, settings.web_listen_address, roots)
+    address, path = settings.web_listen_address, settings.web_telemetry_path
+    log.info("serving %s on %s, roots: %s, walker: %s", path, address, roots, WALKER)
     scheduler.start()
     stop.wait()
     server.stop()

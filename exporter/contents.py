@@ -1,23 +1,24 @@
 """Account an env's contents by conda's records: untracked files, copies, and what relinking saves.
 
-Works on a walk made with the env's owned paths (``walk_tree(..., owned=...)``) and the env's
-:class:`~exporter.condameta.EnvMetadata`. Deciding whether a single-link file is a copy costs one
-``lstat`` of its cache entry; only owned single-link regular files are checked, which in an env
-installed by hardlinks are few. Copies of a cache on another filesystem count as copied but not as
-dedupable: hardlinks cannot cross filesystems.
+:func:`ownership` turns an env's :class:`~exporter.condameta.EnvMetadata` into what the walk needs
+(which package owns which path, and the cache entry each package came from); the walk then sorts
+every single-link file a package installed by whether that cache entry still holds it (one ``lstat``
+each, done by the walker), and :func:`account_contents` turns its per-package sums into the env's
+numbers. Copies of a cache on another filesystem count as copied but not as dedupable: hardlinks
+cannot cross filesystems.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from exporter.account import BLOCK_SIZE
 from exporter.condameta import EnvMetadata, PackageRecord
 from exporter.snapshot import EnvContents
-from exporter.walk import TreeWalk
+from exporter.walk import Ownership, TreeWalk
 
-__all__ = ["account_contents"]
+__all__ = ["account_contents", "ownership"]
 
 
 def _cache_entry(record: PackageRecord, pkgs_dirs: Sequence[str]) -> str | None:
@@ -30,38 +31,13 @@ def _cache_entry(record: PackageRecord, pkgs_dirs: Sequence[str]) -> str | None:
     return None
 
 
-class _CacheFiles:
-    """Answers "is ``rel`` a regular file of cache entry ``entry``, and on which device" with one
-    ``scandir`` per cache directory instead of one ``lstat`` per file: most single-link files of an env
-    (``.pyc`` compiled at install, files of deleted cache entries) are not in the cache at all, and a
-    failed ``lstat`` costs a Python exception."""
-
-    def __init__(self) -> None:
-        self._names: dict[str, frozenset[str]] = {}
-        self._devs: dict[str, int | None] = {}
-
-    def _regular_names(self, directory: str) -> frozenset[str]:
-        names = self._names.get(directory)
-        if names is None:
-            try:
-                with os.scandir(directory) as entries:
-                    names = frozenset(e.name for e in entries if e.is_file(follow_symlinks=False))
-            except OSError:
-                names = frozenset()
-            self._names[directory] = names
-        return names
-
-    def device_of(self, entry: str, rel: str) -> int | None:
-        """``st_dev`` of ``entry/rel`` if it is a regular file, else None."""
-        directory, _, name = f"{entry}/{rel}".rpartition("/")
-        if name not in self._regular_names(directory):
-            return None
-        if entry not in self._devs:
-            try:
-                self._devs[entry] = os.lstat(entry).st_dev
-            except OSError:
-                self._devs[entry] = None
-        return self._devs[entry]
+def ownership(meta: EnvMetadata, pkgs_dirs: Sequence[str]) -> Ownership:
+    """The walk's view of ``meta``: files, relocated paths and cache entry of each package, in order."""
+    return Ownership(
+        files=[record.files for record in meta.packages],
+        relocated=[record.relocated for record in meta.packages],
+        cache_entries=[_cache_entry(record, pkgs_dirs) for record in meta.packages],
+    )
 
 
 def _top_packages(walk: TreeWalk, meta: EnvMetadata, top: int) -> tuple[tuple[str, int], ...]:
@@ -72,33 +48,31 @@ def _top_packages(walk: TreeWalk, meta: EnvMetadata, top: int) -> tuple[tuple[st
     return tuple(sorted(by_name.items(), key=lambda item: (-item[1], item[0]))[:top])
 
 
-def account_contents(
-    walk: TreeWalk,
-    meta: EnvMetadata,
-    owned: Mapping[str, int],
-    pkgs_dirs: Sequence[str],
-    top_packages: int = 0,
-) -> EnvContents:
+def _device(path: str) -> int | None:
+    try:
+        return os.lstat(path).st_dev
+    except OSError:
+        return None
+
+
+def account_contents(walk: TreeWalk, meta: EnvMetadata, owned: Ownership, top_packages: int = 0) -> EnvContents:
     """Untracked/copied/dedupable bytes of one env (see :class:`~exporter.snapshot.EnvContents`), from
-    a walk given ``owned`` (``meta.owned_paths()``) and, with ``top_packages``, the biggest packages."""
-    entries: dict[str, str | None] = {}
-    cache_files = _CacheFiles()
+    a walk given ``owned`` (``ownership(meta, ...)``) and, with ``top_packages``, the biggest packages.
+
+    A single-link file a package installed is a copy when its cache entry holds the same path, or
+    when conda says the package was installed by copying; relinking it to the cache would save its
+    bytes only when the cache is on the env's filesystem.
+    """
     copied_blocks = 0
     dedupable: dict[str, int] = {}
-    for rel, blocks in walk.owned_single_links:
-        record = meta.packages[owned[rel]]
-        if rel in record.relocated:
-            continue
-        if record.dist not in entries:
-            entries[record.dist] = _cache_entry(record, pkgs_dirs)
-        entry = entries[record.dist]
-        cached_dev = cache_files.device_of(entry, rel) if entry is not None else None
-        if record.link_type == "copy" or cached_dev is not None:
-            copied_blocks += blocks
-        # a hardlink cannot cross filesystems: a copy of a cache on another one is not dedupable
-        if cached_dev == walk.dev and entry is not None:
+    for index, record in enumerate(meta.packages):
+        cached = walk.cached_single_blocks[index] if index < len(walk.cached_single_blocks) else 0
+        uncached = walk.uncached_single_blocks[index] if index < len(walk.uncached_single_blocks) else 0
+        copied_blocks += cached + (uncached if record.link_type == "copy" else 0)
+        entry = owned.cache_entries[index]
+        if cached and entry is not None and _device(entry) == walk.dev:
             cache = os.path.dirname(entry)
-            dedupable[cache] = dedupable.get(cache, 0) + blocks * BLOCK_SIZE
+            dedupable[cache] = dedupable.get(cache, 0) + cached * BLOCK_SIZE
     return EnvContents(
         packages=len(meta.packages),
         untracked_bytes=walk.untracked_blocks * BLOCK_SIZE,

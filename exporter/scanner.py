@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 from exporter.account import TreeUsage, account_tree, distinct_bytes
 from exporter.condameta import read_env_metadata
-from exporter.contents import account_contents
+from exporter.contents import account_contents, ownership
 from exporter.discover import EnvLocation, RootLayout
 from exporter.pkgs import PkgsChunk, list_package_dirs, scan_pkgs_chunk
 from exporter.snapshot import EnvUsage, PkgsUsage, RootUsage, Snapshot
@@ -78,14 +78,8 @@ def scan_env(env: EnvLocation, options: ScanOptions) -> EnvUsage:
     """Walk and account one env (in the calling process)."""
     started = time.monotonic()
     meta = read_env_metadata(env.prefix)
-    owned = meta.owned_paths()
-    walk = walk_tree(
-        env.prefix,
-        env.exclude,
-        options.cross_filesystems,
-        owned=owned,
-        packages=len(meta.packages) if options.top_packages else 0,
-    )
+    owned = ownership(meta, env.pkgs_dirs)
+    walk = walk_tree(env.prefix, env.exclude, options.cross_filesystems, owned)
     walk.errors.extend(meta.errors)
     return EnvUsage(
         root=env.root,
@@ -94,7 +88,7 @@ def scan_env(env: EnvLocation, options: ScanOptions) -> EnvUsage:
         usage=account_tree(walk),
         scanned_at=time.time(),
         scan_seconds=time.monotonic() - started,
-        contents=account_contents(walk, meta, owned, env.pkgs_dirs, options.top_packages),
+        contents=account_contents(walk, meta, owned, options.top_packages),
     )
 
 

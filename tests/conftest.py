@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import exporter.walk
 from tests.deployrun import DOCKERFILE, PORT, Running, clean_env, substitute
 from tests.deployrun import EXPORTER as EXPORTER_PATH
 from tests.deploytools import Container, container_of
@@ -18,6 +19,13 @@ from tests.httpwait import free_port
 from tests.realconda import RealRoot, build_real_conda_root, unmount
 
 EXPORTER = str(Path(sys.executable).with_name("conda-env-exporter"))
+
+
+@pytest.fixture
+def python_walker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scans run in this process use exporter.walk's Python loop instead of the native walker."""
+    monkeypatch.setattr(exporter.walk, "_native", None)
+    monkeypatch.setattr(exporter.walk, "WALKER", "python")
 
 
 @pytest.fixture(scope="session")

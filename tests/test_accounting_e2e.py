@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import pwd
@@ -10,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+import exporter.walk
+from exporter import cli
 from tests.condaops import ENV_METRICS
 from tests.exposition import by_label, samples
 from tests.oracle import contents_numbers, du_apparent_bytes, du_bytes, pkgs_oracle, tree_numbers
@@ -23,8 +27,20 @@ def run_once(exporter_cmd: list[str], root: Path, *extra: str) -> str:
     return proc.stdout
 
 
-@pytest.fixture(scope="module", params=["1", "2"], ids=["inline", "two-workers"])
+def run_once_python_walker(root: Path) -> str:
+    """``--once`` in this process with exporter.walk's Python loop (what runs where the C walker
+    could not be built)."""
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
+        patch.setattr(exporter.walk, "_native", None)
+        assert cli.main(["--once", "--root", str(root), "--scan.workers", "1"]) == 0
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module", params=["1", "2", "python"], ids=["inline", "two-workers", "python-walker"])
 def exposition(request: pytest.FixtureRequest, exporter_cmd: list[str], fixture_root: Path) -> str:
+    if request.param == "python":
+        return run_once_python_walker(fixture_root)
     return run_once(exporter_cmd, fixture_root, "--scan.workers", str(request.param))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import pytest
 
 from exporter.discover import discover_root
 from exporter.scanner import ScanOptions, full_scan
+from exporter.walk import errno_kind, error_kind
 from tests.exposition import by_label, samples
 from tests.oracle import tree_numbers
 
@@ -86,6 +88,39 @@ def test_unreadable_dir_is_counted_and_others_stay_right(exporter_cmd: list[str]
     assert by_label(proc.stdout, "conda_env_unique_bytes", "env")["broken"] == expected.unique_bytes + secret_dir_blocks
 
 
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="setpriv (util-linux) needed to drop root")
+def test_listable_but_unsearchable_dir_counts_each_entry(exporter_cmd: list[str], world_readable_root: Path) -> None:
+    """A directory with read but no search permission lists its names but cannot stat them: a real
+    per-entry failure (the path the walkers take for a file deleted between listing and stat)."""
+    root = world_readable_root
+    odd = root / "envs" / "odd"
+    make_env(odd)
+    (odd / "listed").mkdir()
+    for name in ("a", "b", "c"):
+        (odd / "listed" / name).write_bytes(b"x" * 100)
+    os.chmod(odd / "listed", 0o444)
+    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *exporter_cmd, "--once", "--root", str(root)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HOME": "/"})
+    assert proc.returncode == 0, proc.stderr
+    assert by_label(proc.stdout, "conda_env_scan_errors", "env")["odd"] == 3
+    for name in ("a", "b", "c"):
+        assert repr(str(odd / "listed" / name)) in proc.stderr  # each path named in a log line
+    assert by_label(proc.stdout, "conda_env_files", "env")["odd"] == 2  # history and payload
+    good = tree_numbers(root / "envs" / "good")
+    assert by_label(proc.stdout, "conda_env_unique_bytes", "env")["good"] == good.unique_bytes
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [(errno.EACCES, "permission"), (errno.EPERM, "permission"), (errno.ENOENT, "vanished"),
+     (errno.ENOTDIR, "vanished"), (errno.ELOOP, "vanished"), (errno.EIO, "io"), (errno.ENAMETOOLONG, "io")],
+)
+def test_errno_kinds(code: int, kind: str) -> None:
+    """Both walkers classify errors by errno (the native one reports only the number)."""
+    assert errno_kind(code) == kind
+    assert error_kind(OSError(code, os.strerror(code))) == kind
+
+
 class _VanishingScandir:
     """Fault injection with a real deletion: removes ``victim`` after its directory was listed and
     before its entry is stat-ed, which a concurrent ``conda remove`` can do but not on cue."""
@@ -110,7 +145,9 @@ class _VanishingScandir:
         return _Listing()
 
 
-def test_file_vanishing_mid_scan_is_counted(world_readable_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_file_vanishing_mid_scan_is_counted(
+    world_readable_root: Path, monkeypatch: pytest.MonkeyPatch, python_walker: None
+) -> None:
     root = world_readable_root
     victim = root / "envs" / "good" / "lib" / "payload"
     monkeypatch.setattr(os, "scandir", _VanishingScandir(victim))
@@ -121,7 +158,9 @@ def test_file_vanishing_mid_scan_is_counted(world_readable_root: Path, monkeypat
     assert by_env["base"].usage.unique_bytes == tree_numbers(root, [root / "envs", root / "pkgs"]).unique_bytes
 
 
-def test_directory_vanishing_before_open_is_counted(world_readable_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_directory_vanishing_before_open_is_counted(
+    world_readable_root: Path, monkeypatch: pytest.MonkeyPatch, python_walker: None
+) -> None:
     root = world_readable_root
     doomed = root / "envs" / "good" / "lib"
     real_open = os.open

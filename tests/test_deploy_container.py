@@ -88,7 +88,7 @@ def test_dockerfile_pip_steps_replayed_in_fresh_venv(tmp_path: Path) -> None:
     proc = subprocess.run([str(script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "--web.listen-address" in proc.stdout, proc.stderr
     where = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import exporter; print(exporter.__file__)"],
+        [str(venv / "bin" / "python"), "-c", "import exporter.walk as w; print(w.__file__, w.WALKER)"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -96,6 +96,7 @@ def test_dockerfile_pip_steps_replayed_in_fresh_venv(tmp_path: Path) -> None:
         check=True,
     ).stdout
     assert where.startswith(str(venv)), f"imported from {where}, not the installed wheel"
+    assert where.split()[-1] == "native", "the wheel the image installs must carry the C walker"
 
 
 def test_container_cmd_serves_the_root_and_passes_its_healthcheck(

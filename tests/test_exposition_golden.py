@@ -30,7 +30,7 @@ def test_families_help_and_types_match_golden(exposition: str) -> None:
 
 def test_label_names_are_bounded(exposition: str) -> None:
     allowed = {"root", "env", "prefix", "pkgs_dir", "kind", "trigger", "result", "mode", "le", "package"}
-    allowed |= {"version", "python_version", "owner"}  # info metrics: one series per env or process
+    allowed |= {"version", "python_version", "owner", "walker"}  # info metrics: one series per env or process
     for name, series in samples(exposition).items():
         for labels in series:
             assert {k for k, _ in labels} <= allowed, name
