@@ -2,9 +2,10 @@
 
 ``python benchmarks/run.py --size medium [--repeats 5] [--json]`` generates the tree if needed
 (``benchmarks/generate.py``), warms the page cache (one untimed run of each command), then runs the two
-commands alternately, ``--repeats`` times each, stdout to ``/dev/null``, and reports:
+commands alternately, ``--repeats`` times each, our stdout to a temporary file, and reports:
 
 - median / min / max wall time of each, in seconds, and the ratio of the medians (ours / du; target ≤ 1.0);
+  also the scan alone (``conda_exporter_last_scan_duration_seconds`` of each timed run) against ``du``;
 - peak RSS, in bytes: of the whole exporter process tree in the timed runs (``wait4``: max over the main
   process and its reaped workers), and, from one extra probed run, of the main process and of its largest
   worker separately (``getrusage`` SELF / CHILDREN at exit);
@@ -97,6 +98,12 @@ def root_bytes_of(exposition: str, root: str) -> int | None:
     return None
 
 
+def scan_seconds_of(exposition: str) -> float | None:
+    """``conda_exporter_last_scan_duration_seconds``: the scan's own wall time, in seconds."""
+    found = re.search(r"^conda_exporter_last_scan_duration_seconds (\S+)$", exposition, re.MULTILINE)
+    return float(found.group(1)) if found else None
+
+
 def benchmark(tree: Path, paths: int, repeats: int, extra_args: list[str]) -> tuple[dict[str, Any], str | None]:
     """Measure; returns the results (seconds, bytes) and an error message when the exporter failed."""
     exporter = Path(sys.executable).parent / "conda-env-exporter"
@@ -125,11 +132,16 @@ def benchmark(tree: Path, paths: int, repeats: int, extra_args: list[str]) -> tu
             result["root_bytes_match_du"] = result["conda_root_bytes"] == result["du_B1_bytes"]
     ours_runs: list[Run] = []
     du_runs: list[Run] = []
+    scan_seconds: list[float] = []
     for _ in range(repeats):
         if error is None:
-            ours_runs.append(run_once(ours, env))
+            with tempfile.NamedTemporaryFile(prefix="bench-exposition-") as out:
+                ours_runs.append(run_once(ours, env, out.name))
+                scan = scan_seconds_of(Path(out.name).read_text(errors="replace"))
             if ours_runs[-1].exit_code != 0:
                 error = f"`{shlex.join(ours)}` failed in a timed run:\n{tail(ours_runs[-1].stderr)}"
+            elif scan is not None:
+                scan_seconds.append(scan)
         du_runs.append(run_once(theirs, env))
     result["du_seconds"] = stats(du_runs)
     if error is not None:
@@ -137,6 +149,10 @@ def benchmark(tree: Path, paths: int, repeats: int, extra_args: list[str]) -> tu
         return result, error
     result["ours_seconds"] = stats(ours_runs)
     result["ratio"] = result["ours_seconds"]["median"] / result["du_seconds"]["median"]
+    if scan_seconds:  # the scan alone, without interpreter start-up, imports and output
+        result["scan_seconds"] = {"median": statistics.median(scan_seconds), "min": min(scan_seconds),
+                                  "max": max(scan_seconds)}
+        result["scan_ratio"] = result["scan_seconds"]["median"] / result["du_seconds"]["median"]
     result["ours_tree_peak_rss_bytes"] = max(r.maxrss_bytes for r in ours_runs)
     baselines = [run_once([sys.executable, "-c", "import exporter.cli"], env) for _ in range(3)]
     baseline_rss = max(b.maxrss_bytes for b in baselines)
@@ -180,6 +196,10 @@ def render(r: dict[str, Any], size: str) -> str:
     if "error" in r:
         return "\n".join([*out, f"ERROR: {r['error']}"])
     out.append(f"ratio ours/du (medians): {r['ratio']:.2f}   (target <= 1.0)")
+    if "scan_seconds" in r:
+        out.append(line("  of which the scan itself", r["scan_seconds"]))
+        out.append(f"ratio scan/du (medians): {r['scan_ratio']:.2f}   (the rest is interpreter start-up, "
+                   "imports and output)")
 
     def mem(key: str, label: str) -> None:
         if f"{key}_peak_rss_bytes" in r:

@@ -34,7 +34,7 @@ __all__ = ["Daemon", "DaemonConfig"]
 
 log = logging.getLogger(__name__)
 
-RECONCILE_NICE = 10  # added to the nice value of reconcile scan workers
+RECONCILE_NICE = 19  # added to the nice value of reconcile scan workers
 
 
 @dataclass(frozen=True)
@@ -266,7 +266,7 @@ class Daemon:
                 self._busy = True
                 self._changed_while_busy = False
             if reconcile:  # a full scan covers the batch too
-                self._full_scan("reconcile", replace(self.options, nice=RECONCILE_NICE))
+                self._full_scan("reconcile", self._reconcile_options())
                 next_reconcile = time.monotonic() + interval if interval > 0 else float("inf")
             else:
                 self._batch(batch)
@@ -280,6 +280,11 @@ class Daemon:
                     stamp = time.monotonic()
                     for target, trigger in batch.items():
                         self._dirty.setdefault(target, (stamp, trigger))
+
+    def _reconcile_options(self) -> ScanOptions:
+        """A reconcile scan leaves a core to the scrapes: one worker fewer, at the lowest priority.
+        Taking twice as long is fine for a check that runs every few hours."""
+        return replace(self.options, nice=RECONCILE_NICE, workers=max(1, self.options.workers - 1))
 
     def _full_scan(self, trigger: str, options: ScanOptions) -> None:
         started = time.monotonic()

@@ -151,7 +151,8 @@ def _pool_context() -> multiprocessing.context.BaseContext:
 
 
 def _run_all(tasks: Sequence[_Task], options: ScanOptions) -> Iterator[_Result]:
-    if options.workers <= 1 or len(tasks) <= 1:
+    # A niced scan runs in worker processes even with one worker: nice applies to whole processes.
+    if options.nice == 0 and (options.workers <= 1 or len(tasks) <= 1):
         for task in tasks:
             yield _run_task(task, options)
         return

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from exporter.account import TreeUsage
 from exporter.pkgs import PkgsChunk
@@ -135,21 +135,13 @@ class ScanHealth:
     state_loaded: str = ""
 
     def copy(self) -> ScanHealth:
-        return ScanHealth(
+        """A deep copy: the containers too, so the copy never changes under its reader."""
+        return replace(
+            self,
             errors_total=Counter(self.errors_total),
             scans_total=Counter(self.scans_total),
-            last_success=self.last_success,
-            last_success_at=self.last_success_at,
-            last_duration_seconds=self.last_duration_seconds,
             duration_buckets={k: list(v) for k, v in self.duration_buckets.items()},
             duration_sum=dict(self.duration_sum),
-            watch_mode=self.watch_mode,
-            watches=self.watches,
-            events_total=self.events_total,
-            queue_overflows_total=self.queue_overflows_total,
-            watch_limit_reached=self.watch_limit_reached,
-            results_verified=self.results_verified,
-            state_loaded=self.state_loaded,
         )
 
 
@@ -165,10 +157,18 @@ class SnapshotStore:
         self._snapshot: Snapshot | None = None
         self._health = ScanHealth()
         self._ready = threading.Event()
+        self._version = 0
 
     @property
     def snapshot(self) -> Snapshot | None:
         return self._snapshot  # a reference read is atomic; the object is immutable
+
+    @property
+    def version(self) -> int:
+        """Goes up with every change to the snapshot or the health record: what renders them can be
+        reused while it stays the same (read it *before* rendering, so a change during the render
+        only makes the next reader render again)."""
+        return self._version
 
     def publish(self, snapshot: Snapshot, trigger: str, verified: bool = True) -> None:
         """Swap in a complete result and count it as one scan by ``trigger`` (startup, event, poll,
@@ -184,6 +184,7 @@ class SnapshotStore:
             health.last_duration_seconds = snapshot.duration_seconds
             health.results_verified = verified
             self._observe(trigger, snapshot.duration_seconds)
+            self._version += 1
         self._ready.set()
 
     def record_failure(self, trigger: str, duration_seconds: float) -> None:
@@ -193,6 +194,7 @@ class SnapshotStore:
             self._health.last_success = False
             self._health.last_duration_seconds = duration_seconds
             self._observe(trigger, duration_seconds)
+            self._version += 1
 
     def _observe(self, trigger: str, seconds: float) -> None:
         buckets = self._health.duration_buckets.setdefault(trigger, [0] * (len(DURATION_BUCKETS) + 1))
@@ -209,12 +211,14 @@ class SnapshotStore:
                 if not hasattr(self._health, name):
                     raise AttributeError(name)
                 setattr(self._health, name, value)
+            self._version += 1
 
     def count_events(self, events: int = 0, overflows: int = 0) -> None:
         """Add to the received-event and queue-overflow counters."""
         with self._lock:
             self._health.events_total += events
             self._health.queue_overflows_total += overflows
+            self._version += 1
 
     def health(self) -> ScanHealth:
         """A copy of the health record, consistent at one instant."""

@@ -6,12 +6,14 @@ SnapshotStore holds at the moment of the scrape.
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from exporter.collector.contents import ContentsCollector
 from exporter.collector.env import EnvCollector
-from exporter.collector.exporter import ExporterCollector
+from exporter.collector.exporter import ExporterCollector, ResultAgeCollector
 from exporter.collector.pkgs import PkgsCollector
 from exporter.collector.root import RootCollector
 from exporter.snapshot import SnapshotStore
@@ -32,29 +34,47 @@ def _snapshot_collectors(store: SnapshotStore) -> tuple[Collector, ...]:
 
 def build_registry(store: SnapshotStore) -> CollectorRegistry:
     """A registry holding our collectors only (no process/platform collectors: the exposition is ours)."""
-    return _registry(*_snapshot_collectors(store), ExporterCollector(store))
+    return _registry(*_snapshot_collectors(store), ExporterCollector(store), ResultAgeCollector(store))
 
 
 class ExpositionCache:
-    """The text exposition, with the snapshot's part rendered once per snapshot.
+    """The text exposition, rendered once per change of the store.
 
     A snapshot never changes once published, so its families (all but the exporter's self-metrics)
-    are rendered when it is first scraped and reused until the next one; only the small self-metrics
-    are rendered per scrape. With hundreds of envs and many scrapers at once, rendering everything per
-    scrape under the GIL is what made /metrics slow.
+    are rendered when it is first scraped and reused until the next one; the self-metrics are
+    rendered again only when ``store.version`` moves; only the age of the oldest result, which moves
+    with the clock, is rendered per scrape. With hundreds of envs and many scrapers at once,
+    rendering per scrape under the GIL is what made /metrics slow.
     """
 
     def __init__(self, store: SnapshotStore) -> None:
         self._store = store
         self._snapshot_registry = _registry(*_snapshot_collectors(store))
         self._self_registry = _registry(ExporterCollector(store))
+        self._age_registry = _registry(ResultAgeCollector(store))
         self._cached: tuple[object, bytes] = (object(), b"")
+        self._cached_self: tuple[int, bytes] = (-1, b"")
+        # One render at a time. While it runs, the other scrapes serve the previous text (a complete
+        # exposition of the previous snapshot, at most one render old) instead of all waiting for it or
+        # all rendering it at once under the GIL: with hundreds of envs a render takes tens of ms.
+        self._render_lock = threading.Lock()
 
     def render(self) -> bytes:
-        """The whole exposition (text format 0.0.4) as of now."""
-        snapshot = self._store.snapshot
-        key, text = self._cached
-        if key is not snapshot:
-            text = generate_latest(self._snapshot_registry)
-            self._cached = (snapshot, text)  # a race renders twice, harmlessly: both texts are equal
-        return text + generate_latest(self._self_registry)
+        """The whole exposition (text format 0.0.4) as of now, or as of the previous change while
+        another thread is rendering the latest one."""
+        version = self._store.version  # before rendering: a change meanwhile renders again next time
+        self_version, self_text = self._cached_self
+        if self_version != version and self._render_lock.acquire(blocking=self_version < 0):
+            try:
+                self_version, self_text = self._cached_self
+                if self_version != version:  # not rendered by the scrape we waited for
+                    snapshot = self._store.snapshot
+                    key, text = self._cached
+                    if key is not snapshot:
+                        text = generate_latest(self._snapshot_registry)
+                        self._cached = (snapshot, text)
+                    self_text = text + generate_latest(self._self_registry)
+                    self._cached_self = (version, self_text)
+            finally:
+                self._render_lock.release()
+        return self_text + generate_latest(self._age_registry)

@@ -35,8 +35,9 @@ SELF_GAUGES = {
     "conda_exporter_watches": "Directories watched with inotify now.",
     "conda_exporter_watch_limit_reached": "1 if the kernel refused a watch (inotify limits) and polling took over.",
     "conda_exporter_results_verified": "0 while serving numbers loaded from the state file that no scan confirmed yet.",
-    "conda_exporter_oldest_result_age_seconds": "Age of the oldest env result served (now minus its scan time).",
 }
+OLDEST_AGE = "conda_exporter_oldest_result_age_seconds"
+OLDEST_AGE_HELP = "Age of the oldest env result served (now minus its scan time)."
 STATE_LOADED = "conda_exporter_state_loaded"
 STATE_LOADED_HELP = (
     "1 for how loading the state file at start went: ok, missing, corrupt, version (another format) or "
@@ -48,7 +49,7 @@ ENVS_HELP = "Environments in the latest snapshot, over all roots."
 
 
 class ExporterCollector(Collector):
-    """Renders the exporter's self-metrics."""
+    """Renders the exporter's self-metrics that change only with the store (see ``store.version``)."""
 
     def __init__(self, store: SnapshotStore) -> None:
         self._store = store
@@ -99,12 +100,10 @@ class ExporterCollector(Collector):
             "Times the kernel's inotify queue overflowed (events lost; a reconcile scan follows).",
             value=health.queue_overflows_total,
         )
-        oldest = time.time() - min(e.scanned_at for e in snapshot.envs) if snapshot and snapshot.envs else 0.0
         values = {
             "conda_exporter_watches": health.watches,
             "conda_exporter_watch_limit_reached": 1 if health.watch_limit_reached else 0,
             "conda_exporter_results_verified": 1 if health.results_verified else 0,
-            "conda_exporter_oldest_result_age_seconds": max(0.0, oldest),
         }
         for name, help_text in SELF_GAUGES.items():
             yield GaugeMetricFamily(name, help_text, value=values[name])
@@ -113,3 +112,15 @@ class ExporterCollector(Collector):
             for result in STATE_RESULTS:
                 state.add_metric((result,), 1 if health.state_loaded == result else 0)
         yield state
+
+
+class ResultAgeCollector(Collector):
+    """The one self-metric that moves with the clock, apart so the rest can be rendered once per change."""
+
+    def __init__(self, store: SnapshotStore) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._store.snapshot
+        oldest = time.time() - min(e.scanned_at for e in snapshot.envs) if snapshot and snapshot.envs else 0.0
+        yield GaugeMetricFamily(OLDEST_AGE, OLDEST_AGE_HELP, value=max(0.0, oldest))
