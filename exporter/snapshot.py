@@ -14,7 +14,16 @@ from exporter.account import TreeUsage
 from exporter.pkgs import PkgsChunk
 from exporter.walk import WalkError
 
-__all__ = ["DURATION_BUCKETS", "EnvUsage", "PkgsUsage", "RootUsage", "Snapshot", "SnapshotStore"]
+__all__ = [
+    "DURATION_BUCKETS",
+    "EnvContents",
+    "EnvUsage",
+    "PkgsUsage",
+    "RootUsage",
+    "ScanHealth",
+    "Snapshot",
+    "SnapshotStore",
+]
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,17 @@ def cache_matches(port: int, root: Path) -> bool | None:
     return True if all(list(got[m].values()) == [v] for m, v in expected.items()) else None
 
 
+def launch_ready(exporter_cmd: list[str], root: Path, tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], int]:
+    """Start the daemon and wait until it is ready (stopping it if it never gets there)."""
+    proc, port = launch(exporter_cmd, root, tmp_path, *args)
+    try:
+        wait_ready(proc, port)
+    except AssertionError:
+        stop(proc)
+        raise
+    return proc, port
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     return build_fixture_root(tmp_path / "conda")
@@ -94,12 +105,7 @@ def root(tmp_path: Path) -> Path:
 
 def test_watch_limit_falls_back_to_polling(exporter_cmd: list[str], root: Path, tmp_path: Path) -> None:
     with inotify_limit("max_user_watches", inotify_watches_in_use() + 2):
-        proc, port = launch(exporter_cmd, root, tmp_path, "--watch.poll-interval", "0.3")
-        try:
-            wait_ready(proc, port)
-        except AssertionError:
-            stop(proc)
-            raise
+        proc, port = launch_ready(exporter_cmd, root, tmp_path, "--watch.poll-interval", "0.3")
     try:
         assert metric(port, "conda_exporter_watch_limit_reached") == 1
         assert metric(port, "conda_exporter_watch_mode", mode="poll") == 1
@@ -113,12 +119,7 @@ def test_watch_limit_falls_back_to_polling(exporter_cmd: list[str], root: Path, 
 
 def test_queue_overflow_is_counted_and_recovered(exporter_cmd: list[str], root: Path, tmp_path: Path) -> None:
     with inotify_limit("max_queued_events", 16):  # read when the inotify instance is created
-        proc, port = launch(exporter_cmd, root, tmp_path, "--watch.mode", "inotify")
-        try:
-            wait_ready(proc, port)
-        except AssertionError:
-            stop(proc)
-            raise
+        proc, port = launch_ready(exporter_cmd, root, tmp_path, "--watch.mode", "inotify")
     try:
         site = root / "envs" / "analysis" / "lib" / "python3.11" / "site-packages"
         burst = site / "burst"
