@@ -65,11 +65,12 @@ def account_contents(walk: TreeWalk, meta: EnvMetadata, owned: Ownership, top_pa
     """
     copied_blocks = 0
     dedupable: dict[str, int] = {}
-    for index, record in enumerate(meta.packages):
-        cached = walk.cached_single_blocks[index] if index < len(walk.cached_single_blocks) else 0
-        uncached = walk.uncached_single_blocks[index] if index < len(walk.uncached_single_blocks) else 0
+    # a walk that could not open the env at all has no per-package sums (empty lists): nothing to add
+    per_package = zip(
+        meta.packages, owned.cache_entries, walk.cached_single_blocks, walk.uncached_single_blocks, strict=False
+    )
+    for record, entry, cached, uncached in per_package:
         copied_blocks += cached + (uncached if record.link_type == "copy" else 0)
-        entry = owned.cache_entries[index]
         if cached and entry is not None and _device(entry) == walk.dev:
             cache = os.path.dirname(entry)
             dedupable[cache] = dedupable.get(cache, 0) + cached * BLOCK_SIZE

@@ -17,7 +17,8 @@ from tests.oracle import tree_numbers
 def test_native_walker_is_built_where_a_compiler_is() -> None:
     """The C walker is optional at install; where a compiler exists a silent fallback would only
     make scans three times slower, so the test setup (which has one) must have built it."""
-    if not shutil.which(sysconfig.get_config_var("CC").split()[0] or "cc"):
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if not shutil.which(compiler):
         pytest.skip("no C compiler: the Python walker is the expected one")
     assert exporter.walk.WALKER == "native"
 
