@@ -12,7 +12,7 @@ walking this tree again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -28,6 +28,7 @@ __all__ = [
     "account_tree",
     "apply_link_delta",
     "distinct_bytes",
+    "distinct_bytes_update",
     "link_delta",
 ]
 
@@ -35,6 +36,10 @@ BLOCK_SIZE = 512
 """Unit of ``st_blocks`` on Linux, whatever the filesystem's block size."""
 
 U64 = npt.NDArray[np.uint64]
+
+# distinct_bytes_update counts everything again when more than 1/REUSE_LIMIT of the rows changed:
+# looking each changed inode up in every table then costs more than one sort of them all.
+REUSE_LIMIT = 16
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,90 @@ def distinct_bytes(usages: Iterable[TreeUsage]) -> int:
     return total
 
 
+def _outside(table: SharedInodes) -> tuple[U64, U64]:
+    """Inodes (sorted) and blocks of the rows of ``table`` that have links outside its tree."""
+    mask = table.found < table.nlink
+    return table.ino[mask], table.blocks[mask]
+
+
+def _changed_rows(before: SharedInodes | None, after: SharedInodes | None) -> U64:
+    """Inodes whose row differs for the root total between two tables of one tree: outside in one
+    and not the other, or outside in both with other blocks."""
+    if before is None or after is None:
+        only = before if before is not None else after
+        return _outside(only)[0] if only is not None else np.zeros(0, np.uint64)
+    if before.ino is after.ino:
+        # The same tree re-accounted by apply_link_delta. A row of it changes side only when all of
+        # its inode's links move into or out of this tree, i.e. out of or into a rescanned tree,
+        # whose row of that inode then appears or disappears: the inode is a candidate already.
+        return np.zeros(0, np.uint64)
+    old_ino, old_blocks = _outside(before)
+    new_ino, new_blocks = _outside(after)
+    if not len(old_ino) or not len(new_ino):
+        return np.concatenate([old_ino, new_ino])
+    pos = np.minimum(np.searchsorted(new_ino, old_ino), len(new_ino) - 1)
+    kept = new_ino[pos] == old_ino
+    same = kept.copy()
+    same[kept] = new_blocks[pos[kept]] == old_blocks[kept]
+    back = np.minimum(np.searchsorted(old_ino, new_ino), len(old_ino) - 1)
+    added = old_ino[back] != new_ino
+    return np.concatenate([old_ino[~same], new_ino[added]]).astype(np.uint64, copy=False)
+
+
+def _first_outside_blocks(tables: Iterable[SharedInodes], inodes: U64) -> int:
+    """Sum over ``inodes`` (sorted, unique) of the blocks of the first table row where it is outside."""
+    blocks = np.zeros(inodes.shape[0], np.uint64)
+    seen = np.zeros(inodes.shape[0], bool)
+    for table in tables:
+        if not len(table):
+            continue
+        pos = np.minimum(np.searchsorted(table.ino, inodes), len(table) - 1)
+        hit = (table.ino[pos] == inodes) & (table.found[pos] < table.nlink[pos]) & ~seen
+        blocks[hit] = table.blocks[pos[hit]]
+        seen |= hit
+    return int(blocks.sum())
+
+
+def distinct_bytes_update(
+    before_total: int, trees: Sequence[tuple[TreeUsage | None, TreeUsage | None]]
+) -> int:
+    """``distinct_bytes`` of the trees after a change, from ``before_total``, their ``distinct_bytes``
+    before it, in time proportional to what changed rather than to every inode of every tree.
+
+    ``trees`` pairs each tree's usage before and after the change, in the same order as
+    ``distinct_bytes`` was given them (None: the tree was not there); an unchanged tree is the same
+    object twice. Only inodes whose rows differ are looked up in every table. When that is a sizeable
+    share of all rows (a new or deleted env on a small root), counting everything again is cheaper.
+    An inode whose ``st_blocks`` differ between tables (modified between two walks) counts with the
+    blocks of the first table holding it, as in :func:`distinct_bytes`.
+    """
+    total = before_total
+    changed: dict[int, list[U64]] = {}
+    for before, after in trees:
+        if before is after:
+            continue
+        total += (after.unique_bytes if after else 0) - (before.unique_bytes if before else 0)
+        same_dev = before is not None and after is not None and before.dev == after.dev
+        for old, new in [(before, after)] if same_dev else [(before, None), (None, after)]:
+            if old is not None or new is not None:
+                dev = old.dev if old is not None else new.dev  # type: ignore[union-attr]
+                rows = _changed_rows(old.shared if old else None, new.shared if new else None)
+                changed.setdefault(dev, []).append(rows)
+    rows_changed = sum(len(r) for rows in changed.values() for r in rows)
+    rows_all = sum(len(after.shared) for _, after in trees if after is not None)
+    if rows_changed * REUSE_LIMIT > rows_all:
+        return distinct_bytes(after for _, after in trees if after is not None)
+    for dev, dev_rows in changed.items():
+        inodes = np.unique(np.concatenate(dev_rows))
+        if not len(inodes):
+            continue
+        before_tables = [b.shared for b, _ in trees if b is not None and b.dev == dev]
+        after_tables = [a.shared for _, a in trees if a is not None and a.dev == dev]
+        gained = _first_outside_blocks(after_tables, inodes) - _first_outside_blocks(before_tables, inodes)
+        total += gained * BLOCK_SIZE
+    return total
+
+
 @dataclass(frozen=True)
 class LinkDelta:
     """Links removed per inode on one device: ``removed[i]`` links of inode ``ino[i]`` went away
@@ -183,27 +272,33 @@ def apply_link_delta(usage: TreeUsage, deltas: dict[int, LinkDelta]) -> TreeUsag
     Each row of its shared table whose inode is in the delta gets ``nlink -= removed``; a row whose
     ``found >= nlink`` then has all its links in this tree and moves from shared to unique bytes (and
     its paths stop counting as hardlinked when ``nlink`` falls to 1); the reverse move happens too.
-    Returns ``usage`` itself when nothing changes. Cost: O(rows + delta) per tree, no filesystem access.
+    Returns ``usage`` itself when nothing changes. Cost: O(delta * log rows) lookups and one copy of
+    the ``nlink`` column per tree it changes; no filesystem access.
     """
     delta = deltas.get(usage.dev)
     table = usage.shared
     if delta is None or not len(table) or not len(delta.ino):
         return usage
-    pos = np.searchsorted(delta.ino, table.ino)
-    pos_clipped = np.minimum(pos, len(delta.ino) - 1)
-    hit = delta.ino[pos_clipped] == table.ino
-    if not hit.any():
+    # Look the (few) delta inodes up in the (many) table rows, not the other way round.
+    pos = np.searchsorted(table.ino, delta.ino)
+    inside = pos < len(table)
+    pos, removed = pos[inside], delta.removed[inside]
+    hit = table.ino[pos] == delta.ino[inside]
+    rows, removed = pos[hit], removed[hit]
+    if not len(rows):
         return usage
-    change = np.where(hit, delta.removed[pos_clipped], 0)
-    nlink = np.maximum(table.nlink.astype(np.int64) - change, 1).astype(np.uint64)
+    found, blocks, old_nlink = table.found[rows], table.blocks[rows], table.nlink[rows]
+    new_nlink = np.maximum(old_nlink.astype(np.int64) - removed, 1).astype(np.uint64)
+    nlink = table.nlink.copy()
+    nlink[rows] = new_nlink
     # Rows stay in the table even when all their links are inside the tree, so that a later delta
     # (links added again, or a transient count seen by a walk racing with a change) can move them back.
-    was_private = table.found >= table.nlink
-    now_private = table.found >= nlink
-    gained = int(table.blocks[now_private & ~was_private].sum()) - int(table.blocks[was_private & ~now_private].sum())
-    was_linked = table.nlink > 1
-    now_linked = nlink > 1
-    linked_change = int(table.found[now_linked & ~was_linked].sum()) - int(table.found[was_linked & ~now_linked].sum())
+    was_private = found >= old_nlink
+    now_private = found >= new_nlink
+    gained = int(blocks[now_private & ~was_private].sum()) - int(blocks[was_private & ~now_private].sum())
+    was_linked = old_nlink > 1
+    now_linked = new_nlink > 1
+    linked_change = int(found[now_linked & ~was_linked].sum()) - int(found[was_linked & ~now_linked].sum())
     shared = SharedInodes(dev=table.dev, ino=table.ino, nlink=nlink, found=table.found, blocks=table.blocks)
     return replace(
         usage,

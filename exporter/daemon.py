@@ -25,8 +25,10 @@ from exporter.watch import (
     InotifyWatcher,
     Target,
     WatchLimitError,
+    WatchSpec,
     filesystem_type,
     fingerprints,
+    site_packages_dirs,
     watch_specs,
 )
 
@@ -77,6 +79,9 @@ class Daemon:
         # walk then differs at the next start and is rescanned, never skipped.
         self._published_prints: dict[Target, tuple[tuple[int, int], ...]] = {}
         self._saved_at = 0.0
+        # env prefix -> its site-packages dirs as last listed: listing every env's lib/ for each batch
+        # cost more than the batch's own walks. Re-listed for the envs a batch rescans, all on a full scan.
+        self._site_dirs: dict[str, list[str]] = {}
 
     @staticmethod
     def _roots_of(discovery: Discovery) -> list[str]:
@@ -144,8 +149,20 @@ class Daemon:
 
     # ---- state file -----------------------------------------------------------------------------
 
+    def _specs(self) -> dict[str, WatchSpec]:
+        """The watch specs of the current layouts, site-packages dirs from the memo where known."""
+        layouts = [self.layouts[r] for r in self.roots if r in self.layouts]
+        known, self._site_dirs = self._site_dirs, {}
+
+        def site_dirs(prefix: str) -> list[str]:
+            found = known.get(prefix)
+            self._site_dirs[prefix] = found if found is not None else site_packages_dirs(prefix)
+            return self._site_dirs[prefix]
+
+        return watch_specs(layouts, site_dirs)
+
     def _current_prints(self) -> dict[Target, tuple[tuple[int, int], ...]]:
-        return fingerprints(watch_specs(self.layouts[r] for r in self.roots if r in self.layouts).values())
+        return fingerprints(self._specs().values())
 
     def _save_state(self) -> None:
         snapshot = self.store.snapshot
@@ -206,7 +223,7 @@ class Daemon:
         self.store.update_watch(watch_mode=mode)
 
     def _sync_watches(self) -> None:
-        specs = watch_specs(self.layouts[r] for r in self.roots if r in self.layouts)
+        specs = self._specs()
         if self.mode == "inotify":
             try:
                 if self._watcher is None:
@@ -223,7 +240,7 @@ class Daemon:
         self.store.update_watch(watches=self._watcher.count if self._watcher else 0)
 
     def _poll(self) -> None:
-        specs = watch_specs(self.layouts[r] for r in self.roots if r in self.layouts)
+        specs = self._specs()
         now = fingerprints(specs.values())
         for target, stamp in now.items():
             if self._prints.get(target) != stamp:
@@ -290,6 +307,7 @@ class Daemon:
         started = time.monotonic()
         try:
             self.layouts = self._discover_all()
+            self._site_dirs.clear()
             prints = self._current_prints()
             snapshot = full_scan([self.layouts[r] for r in self.roots], options)
         except Exception:  # a bug must not kill the daemon: count it, keep serving the old snapshot
@@ -307,6 +325,8 @@ class Daemon:
     def _batch(self, batch: dict[Target, str]) -> None:
         trigger = next((t for t in ("state", "poll") if t in batch.values()), "event")
         started = time.monotonic()
+        for target in batch:
+            self._site_dirs.pop(target.path, None)  # pip or conda may have added or removed one
         prints = self._current_prints()
         try:
             old = self.store.snapshot

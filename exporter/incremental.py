@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from exporter.account import TreeUsage, apply_link_delta, link_delta
+from exporter.account import TreeUsage, apply_link_delta, distinct_bytes_update, link_delta
 from exporter.discover import RootLayout
 from exporter.pkgs import PkgsChunk, scan_pkgs_chunk
 from exporter.scanner import ScanOptions, log_errors, pkgs_usage, root_usage, scan_env, scan_pkgs, scan_rest
-from exporter.snapshot import EnvUsage, PkgsUsage, Snapshot
+from exporter.snapshot import EnvUsage, PkgsUsage, RootUsage, Snapshot
 from exporter.walk import WalkError
 from exporter.watch import Target
 
@@ -45,6 +45,38 @@ def rescan_chunk(chunk: PkgsChunk, options: ScanOptions) -> PkgsChunk:
     return scan_pkgs_chunk(
         chunk.pkgs_dir, list(chunk.package_dirs), chunk.include_top, chunk.all_package_dirs, options.cross_filesystems
     )
+
+
+def _keyed_trees(
+    envs: Sequence[EnvUsage], pkgs: Sequence[PkgsUsage], rest: Sequence[TreeUsage]
+) -> dict[tuple[str, ...], TreeUsage]:
+    """A root's trees in the order :func:`root_trees` gives them, keyed by what they are."""
+    keyed: dict[tuple[str, ...], TreeUsage] = {("env", e.prefix): e.usage for e in envs}
+    keyed.update(((("chunk", p.path, str(i)), c.usage) for p in pkgs for i, c in enumerate(p.chunks)))
+    keyed.update(((("rest", str(i)), u) for i, u in enumerate(rest)))
+    return keyed
+
+
+def _root_distinct(
+    old: Snapshot,
+    old_root: RootUsage | None,
+    envs: Sequence[EnvUsage],
+    pkgs: Sequence[PkgsUsage],
+    rest: Sequence[TreeUsage],
+) -> int | None:
+    """The root's ``distinct_bytes`` from its old total and what changed, or None (count it afresh)."""
+    if old_root is None:
+        return None
+    root = old_root.path
+    before = _keyed_trees(
+        [e for e in old.envs if e.root == root], [p for p in old.pkgs if p.root == root],
+        [u for r, u in old.rest if r == root],
+    )
+    after = _keyed_trees(envs, pkgs, rest)
+    if list(after) != [k for k in before if k in after] + [k for k in after if k not in before]:
+        return None  # the order changed (an env was renamed into the middle): keep the count exact
+    pairs = [(before.get(k), after[k]) for k in after] + [(before[k], None) for k in before if k not in after]
+    return distinct_bytes_update(old_root.bytes, pairs)
 
 
 def rescan(
@@ -112,6 +144,7 @@ def rescan(
             new_tables.append(after_chunk.usage.shared)
     new_rest = {r: scan_rest(layouts[r], options) for r in sorted(rediscover)}
     old_rest = dict(old.rest)
+    old_roots = {r.path: r for r in old.roots}
 
     old_tables += [old_envs[p].usage.shared for p in rescan_envs | removed_envs if p in old_envs]
     old_tables += [old_rest[r].shared for r in new_rest if r in old_rest]
@@ -140,17 +173,21 @@ def rescan(
                 root_pkgs.append(new_pkgs[pkgs_dir])
             elif pkgs_dir in old_pkgs:
                 walked_again = replaced.get(pkgs_dir, {})
+                old_cache = old_pkgs[pkgs_dir]
                 chunks = [
                     walked_again[i] if i in walked_again else replace(c, usage=settle(c.usage))
-                    for i, c in enumerate(old_pkgs[pkgs_dir].chunks)
+                    for i, c in enumerate(old_cache.chunks)
                 ]
-                root_pkgs.append(pkgs_usage(root, pkgs_dir, chunks))
+                pairs = [(b.usage, a.usage) for b, a in zip(old_cache.chunks, chunks, strict=True)]
+                cache_bytes = distinct_bytes_update(old_cache.bytes, pairs)
+                root_pkgs.append(pkgs_usage(root, pkgs_dir, chunks, cache_bytes))
         rest_usage = new_rest[root] if root in new_rest else old_rest.get(root)
         if rest_usage is not None and root not in new_rest:
             rest_usage = settle(rest_usage)
         root_rest = [rest_usage] if rest_usage is not None else []
         if root:  # envs outside any root have no root totals
-            root_totals.append(root_usage(layout, root_envs, root_pkgs, root_rest))
+            distinct = _root_distinct(old, old_roots.get(root), root_envs, root_pkgs, root_rest)
+            root_totals.append(root_usage(layout, root_envs, root_pkgs, root_rest, distinct))
         envs.extend(root_envs)
         pkgs.extend(root_pkgs)
         rest.extend((root, u) for u in root_rest)

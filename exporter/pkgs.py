@@ -8,8 +8,9 @@ Rules follow conda's own ``conda clean`` (``conda/cli/main_clean.py``):
 * ``--tarballs``: top-level files ending in ``.tar.bz2``, ``.conda`` or their ``.part`` forms whose
   ``st_nlink == 1``.
 
-A big cache is scanned in chunks of top-level entries so that worker processes share the work; chunk
-0 also covers the cache directory itself and its top-level files.
+A big cache is scanned in chunks of top-level entries so that worker processes share the work, and
+so that a change walks again only the chunks holding the packages it touched. The cache directory
+itself and its top-level files (tarballs) are a chunk of their own.
 """
 
 from __future__ import annotations

@@ -25,12 +25,15 @@ from exporter.pkgs import PkgsChunk, list_package_dirs, scan_pkgs_chunk
 from exporter.snapshot import EnvUsage, PkgsUsage, RootUsage, Snapshot
 from exporter.walk import WalkError, walk_tree
 
-__all__ = ["ScanOptions", "full_scan", "pkgs_usage", "root_usage", "scan_env", "scan_pkgs", "scan_rest"]
+__all__ = [
+    "ScanOptions", "full_scan", "pkgs_usage", "root_trees", "root_usage", "scan_env", "scan_pkgs", "scan_rest"
+]
 
 log = logging.getLogger(__name__)
 
-# Package dirs per cache chunk: small enough to balance two workers, big enough to keep IPC cheap.
-PACKAGES_PER_CHUNK = 64
+# Package dirs per cache chunk: an env change walks again each chunk holding a package it linked or
+# unlinked, so chunks are small; each is one task of a full scan, so not so small that IPC dominates.
+PACKAGES_PER_CHUNK = 16
 # Errors logged one by one per scan; the rest are summarised (an unreadable tree can hold millions).
 LOGGED_ERRORS_PER_SCAN = 20
 
@@ -134,8 +137,12 @@ def _tasks_for(layout: RootLayout, listing_errors: list[WalkError]) -> list[_Tas
         listing_errors.extend(errors)
         chunks = [package_dirs[i : i + PACKAGES_PER_CHUNK] for i in range(0, len(package_dirs), PACKAGES_PER_CHUNK)]
         everything = frozenset(package_dirs)
-        tasks.append(_PkgsTask(layout.path, pkgs_dir, tuple(chunks[0]) if chunks else (), True, everything))
-        tasks.extend(_PkgsTask(layout.path, pkgs_dir, tuple(c), False, everything) for c in chunks[1:])
+        # The cache dir itself and its top-level files (tarballs) are a chunk of their own: an env
+        # change then walks again only the chunks of the packages it linked or unlinked.
+        tasks.append(_PkgsTask(layout.path, pkgs_dir, (), True, everything))
+        # Only the top chunk needs every package dir (to leave them out): a copy per chunk, pickled
+        # both ways, cost tens of MB on a cache of thousands of packages.
+        tasks.extend(_PkgsTask(layout.path, pkgs_dir, tuple(c), False, frozenset()) for c in chunks)
     tasks.extend(_EnvTask(env) for env in layout.envs)
     if layout.envs_container:
         env_prefixes = frozenset(e.prefix for e in layout.envs if e.prefix != layout.path)
@@ -163,11 +170,13 @@ def _run_all(tasks: Sequence[_Task], options: ScanOptions) -> Iterator[_Result]:
         yield from pool.map(_run_task, tasks, [options] * len(tasks), chunksize=1)
 
 
-def pkgs_usage(root: str, pkgs_dir: str, chunks: list[PkgsChunk]) -> PkgsUsage:
+def pkgs_usage(root: str, pkgs_dir: str, chunks: list[PkgsChunk], distinct: int | None = None) -> PkgsUsage:
+    """Totals of one package cache from its chunks; ``distinct``, when known, is ``distinct_bytes``
+    of the chunks (an incremental rescan computes it from the change)."""
     return PkgsUsage(
         root=root,
         path=pkgs_dir,
-        bytes=distinct_bytes(c.usage for c in chunks),
+        bytes=distinct_bytes(c.usage for c in chunks) if distinct is None else distinct,
         apparent_bytes=sum(c.usage.apparent_bytes for c in chunks),
         packages=sum(c.packages for c in chunks),
         unreferenced_packages=sum(c.unreferenced_packages for c in chunks),
@@ -189,15 +198,25 @@ def filesystem_usage(path: str) -> tuple[int, int]:
     return vfs.f_blocks * vfs.f_frsize, vfs.f_bavail * vfs.f_frsize
 
 
+def root_trees(envs: Sequence[EnvUsage], pkgs: Sequence[PkgsUsage], rest: Sequence[TreeUsage]) -> list[TreeUsage]:
+    """The trees making up a root, in the order its total counts them."""
+    return [e.usage for e in envs] + [c.usage for p in pkgs for c in p.chunks] + list(rest)
+
+
 def root_usage(
-    layout: RootLayout, envs: Sequence[EnvUsage], pkgs: Sequence[PkgsUsage], rest: Sequence[TreeUsage]
+    layout: RootLayout,
+    envs: Sequence[EnvUsage],
+    pkgs: Sequence[PkgsUsage],
+    rest: Sequence[TreeUsage],
+    distinct: int | None = None,
 ) -> RootUsage:
-    """Totals of one root from its already accounted parts."""
-    trees: list[TreeUsage] = [e.usage for e in envs] + [c.usage for p in pkgs for c in p.chunks] + list(rest)
+    """Totals of one root from its already accounted parts; ``distinct``, when known, is
+    ``distinct_bytes`` of its trees (an incremental rescan computes it from the change)."""
+    trees = root_trees(envs, pkgs, rest)
     size, avail = filesystem_usage(layout.path)
     return RootUsage(
         path=layout.path,
-        bytes=distinct_bytes(trees),
+        bytes=distinct_bytes(trees) if distinct is None else distinct,
         apparent_bytes=sum(t.apparent_bytes for t in trees),
         envs=len(envs),
         ignored_dirs=len(layout.ignored_dirs),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import glob
 import logging
 import os
 import threading
@@ -110,13 +109,24 @@ class WatchSpec:
 
 
 def site_packages_dirs(prefix: str) -> list[str]:
-    """``PREFIX/lib/python*/site-packages`` directories that exist (symlinks excluded)."""
-    found = glob.glob(os.path.join(glob.escape(prefix), "lib", "python*", "site-packages"))
+    """``PREFIX/lib/python*/site-packages`` directories that exist (symlinks excluded).
+
+    Names are matched before anything is stat'ed: ``lib/`` of an env holds thousands of entries, and
+    a glob would test each one for being a directory."""
+    lib = os.path.join(prefix, "lib")
+    try:
+        names = [entry.name for entry in os.scandir(lib) if entry.name.startswith("python")]
+    except OSError:
+        return []
+    found = (os.path.join(lib, name, "site-packages") for name in names)
     return sorted(p for p in found if os.path.isdir(p) and not os.path.islink(p))
 
 
-def watch_specs(layouts: Iterable[RootLayout]) -> dict[str, WatchSpec]:
-    """Every directory to watch for ``layouts``, by path."""
+def watch_specs(
+    layouts: Iterable[RootLayout], site_dirs: Callable[[str], list[str]] = site_packages_dirs
+) -> dict[str, WatchSpec]:
+    """Every directory to watch for ``layouts``, by path. ``site_dirs`` lists an env's site-packages
+    directories (the daemon passes a memo of :func:`site_packages_dirs`)."""
     specs: dict[str, WatchSpec] = {}
 
     def add(spec: WatchSpec) -> None:
@@ -133,7 +143,7 @@ def watch_specs(layouts: Iterable[RootLayout]) -> dict[str, WatchSpec]:
             add(WatchSpec(ignored, "candidate", root))
         for env in layout.envs:
             add(WatchSpec(os.path.join(env.prefix, "conda-meta"), "meta", root, env.prefix))
-            for site in site_packages_dirs(env.prefix):
+            for site in site_dirs(env.prefix):
                 add(WatchSpec(site, "site", root, env.prefix))
     return specs
 

@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from exporter.account import BLOCK_SIZE, SharedInodes, TreeUsage, apply_link_delta, distinct_bytes, link_delta
+import exporter.account
+from exporter.account import (
+    BLOCK_SIZE,
+    SharedInodes,
+    TreeUsage,
+    apply_link_delta,
+    distinct_bytes,
+    distinct_bytes_update,
+    link_delta,
+)
 
 
 def table(rows: list[tuple[int, int, int, int]], dev: int = 7) -> SharedInodes:
@@ -48,3 +58,42 @@ def test_rescan_with_unchanged_links_is_no_change_and_other_devices_untouched() 
     assert apply_link_delta(y, link_delta([t], [t])) is y
     other_dev = usage(table([(10, 2, 1, 8)], dev=9))
     assert apply_link_delta(other_dev, link_delta([t], [])) is other_dev
+
+
+@pytest.mark.parametrize("reuse_limit", [0, 10**9], ids=["from-the-change", "counted-again"])
+def test_totals_after_deleting_an_env_by_hand(monkeypatch: pytest.MonkeyPatch, reuse_limit: int) -> None:
+    monkeypatch.setattr(exporter.account, "REUSE_LIMIT", reuse_limit)
+    # X: 4 private blocks, inode 10 (8 blocks, shared with Y only), inode 11 (16 blocks, X, Y and cache)
+    x = usage(table([(10, 2, 1, 8), (11, 3, 1, 16)]), unique_blocks=4)
+    y = usage(table([(10, 2, 1, 8), (11, 3, 1, 16)]), unique_blocks=2)
+    cache = usage(table([(11, 3, 1, 16)]), unique_blocks=100)
+    before = distinct_bytes([x, y, cache])
+    assert before == (4 + 2 + 100 + 8 + 16) * BLOCK_SIZE
+    deltas = link_delta([x.shared], [])
+    y_after, cache_after = apply_link_delta(y, deltas), apply_link_delta(cache, deltas)
+    after = distinct_bytes_update(before, [(x, None), (y, y_after), (cache, cache_after)])
+    assert after == (2 + 8 + 100 + 16) * BLOCK_SIZE  # X's 4 blocks freed; inode 10 now private to Y
+    assert after == distinct_bytes([y_after, cache_after])
+
+
+def test_totals_after_a_rescan_that_links_a_private_cache_file_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(exporter.account, "REUSE_LIMIT", 0)
+    # the cache's inode 20 (32 blocks) was private to it; an install links it into env E
+    env_before = usage(table([]), unique_blocks=5)
+    cache_before = usage(table([]), unique_blocks=32 + 50)
+    before = distinct_bytes([env_before, cache_before])
+    env_after = usage(table([(20, 2, 1, 32)]), unique_blocks=5)
+    cache_after = usage(table([(20, 2, 1, 32)]), unique_blocks=50)
+    after = distinct_bytes_update(before, [(env_before, env_after), (cache_before, cache_after)])
+    assert after == before == (5 + 50 + 32) * BLOCK_SIZE  # one more link, not one more copy
+
+
+def test_totals_when_a_tree_moves_to_another_device_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(exporter.account, "REUSE_LIMIT", 0)
+    # the same inode number on two devices is two inodes
+    env_before = usage(table([(30, 2, 1, 8)], dev=7))
+    other = usage(table([(30, 2, 1, 8)], dev=7))
+    before = distinct_bytes([env_before, other])
+    env_after = usage(table([(30, 2, 1, 8)], dev=9))
+    after = distinct_bytes_update(before, [(env_before, env_after), (other, other)])
+    assert before == 8 * BLOCK_SIZE and after == 16 * BLOCK_SIZE == distinct_bytes([env_after, other])
