@@ -62,6 +62,8 @@ PROFILES = {
     "small": Profile(60, 4, (8, 20), 10, 150, 15),
     "medium": Profile(700, 24, (65, 170), 21, 1000, 20),
     "large": Profile(1800, 44, (175, 400), 33, 1600, 21),
+    # 100 envs (with base) of a medium cache: the shape of the /metrics latency target
+    "wide": Profile(700, 99, (40, 120), 21, 1000, 20),
 }
 
 

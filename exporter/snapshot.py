@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 from exporter.account import TreeUsage
 from exporter.pkgs import PkgsChunk
@@ -118,6 +119,12 @@ class Snapshot:
 
     def error_counts(self) -> Counter[str]:
         return Counter(e.kind for e in self.errors)
+
+    @cached_property
+    def oldest_scanned_at(self) -> float | None:
+        """Unix time of the least recently computed env result, None without envs (computed once:
+        every scrape asks for it)."""
+        return min((e.scanned_at for e in self.envs), default=None)
 
 
 @dataclass

@@ -121,6 +121,11 @@ class ResultAgeCollector(Collector):
         self._store = store
 
     def collect(self) -> Iterator[Metric]:
-        snapshot = self._store.snapshot
-        oldest = time.time() - min(e.scanned_at for e in snapshot.envs) if snapshot and snapshot.envs else 0.0
-        yield GaugeMetricFamily(OLDEST_AGE, OLDEST_AGE_HELP, value=max(0.0, oldest))
+        yield GaugeMetricFamily(OLDEST_AGE, OLDEST_AGE_HELP, value=oldest_result_age(self._store, time.time()))
+
+
+def oldest_result_age(store: SnapshotStore, now: float) -> float:
+    """Seconds since the least recently computed env result at Unix time ``now`` (0 without envs)."""
+    snapshot = store.snapshot
+    oldest = snapshot.oldest_scanned_at if snapshot else None
+    return max(0.0, now - oldest) if oldest is not None else 0.0

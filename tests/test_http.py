@@ -1,0 +1,109 @@
+"""The HTTP front over real sockets: what scrapers send, what broken or hostile clients send."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+import exporter.http
+from exporter.discover import discover_root
+from exporter.http import MAX_HEADERS, MAX_LINE_BYTES, MetricsServer, make_app
+from exporter.scanner import ScanOptions, full_scan
+from exporter.snapshot import SnapshotStore
+from tests.exposition import samples
+from tests.oracle import du_bytes
+
+
+@pytest.fixture(scope="module")
+def store(fixture_root: Path) -> SnapshotStore:
+    store = SnapshotStore()
+    store.publish(full_scan([discover_root(str(fixture_root))], ScanOptions(workers=1)), "startup")
+    return store
+
+
+@pytest.fixture
+def server(store: SnapshotStore) -> Iterator[MetricsServer]:
+    running = MetricsServer(make_app(store, "/metrics"), "127.0.0.1", 0)
+    running.start()
+    yield running
+    running.stop()
+
+
+def raw(server: MetricsServer, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``data`` as is and read until the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def request(server: MetricsServer, method: str, path: str) -> tuple[http.client.HTTPResponse, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    conn.request(method, path)
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    return response, body
+
+
+def test_get_serves_the_exposition_with_its_length(server: MetricsServer, fixture_root: Path) -> None:
+    response, body = request(server, "GET", "/metrics?ignored=1")
+    assert response.status == 200
+    assert response.getheader("Content-Type") == CONTENT_TYPE_LATEST  # the type generate_latest writes
+    assert int(response.getheader("Content-Length", "-1")) == len(body)
+    assert list(samples(body.decode())["conda_root_bytes"].values()) == [du_bytes(fixture_root)]
+
+
+def test_head_has_the_headers_of_get_and_no_body(server: MetricsServer) -> None:
+    get, body = request(server, "GET", "/healthz")
+    head, nothing = request(server, "HEAD", "/healthz")
+    assert head.status == get.status == 200 and body == b"ok\n" and nothing == b""
+    assert head.getheader("Content-Length") == get.getheader("Content-Length") == "3"
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n", b"405"),
+        (b"GARBAGE\r\n\r\n", b"400"),
+        (b"GET /metrics SPDY/3\r\n\r\n", b"400"),
+        (b"GET /metrics HTTP/1.1\r\nno colon here\r\n\r\n", b"400"),
+        (b"GET /" + b"a" * MAX_LINE_BYTES + b" HTTP/1.1\r\n\r\n", b"431"),
+        (b"GET /metrics HTTP/1.1\r\n" + b"X-A: b\r\n" * (MAX_HEADERS + 1) + b"\r\n", b"431"),
+        (b"GET /nope HTTP/1.0\r\n\r\n", b"404"),
+    ],
+    ids=["post", "garbage", "not-http", "bad-header", "long-line", "many-headers", "not-found"],
+)
+def test_bad_requests_get_a_clear_status_and_the_server_goes_on(server: MetricsServer, data: bytes,
+                                                                 status: bytes) -> None:
+    answer = raw(server, data)
+    assert answer.split(b" ", 2)[1] == status, answer[:200]
+    assert b"Connection: close" in answer
+    if status == b"405":
+        assert b"Allow: GET, HEAD" in answer
+    assert request(server, "GET", "/healthz")[0].status == 200
+
+
+def test_silent_clients_are_dropped_and_never_starve_scrapers(store: SnapshotStore,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(exporter.http._Handler, "timeout", 0.3)
+    running = MetricsServer(make_app(store, "/metrics"), "127.0.0.1", 0)
+    running.start()
+    try:
+        # as many idle connections as there are serving threads, each holding one
+        silent = [socket.create_connection(("127.0.0.1", running.port), timeout=5)
+                  for _ in range(exporter.http.HTTP_THREADS)]
+        response, _ = request(running, "GET", "/healthz")  # served once the idle ones time out
+        assert response.status == 200
+        for sock in silent:
+            assert sock.recv(1) == b""  # closed by the server, without an answer
+            sock.close()
+    finally:
+        running.stop()
