@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from exporter import __version__
 from exporter.collector import ExpositionCache
+from exporter.gzipstream import accepts_gzip
 from exporter.snapshot import SnapshotStore
 
 __all__ = ["App", "MetricsServer", "Response", "make_app"]
@@ -47,6 +48,7 @@ LANDING_PAGE = """<!DOCTYPE html>
 """
 
 PLAIN = "text/plain; charset=utf-8"
+GZIP_HEADERS = (("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding"))
 # Request head limits: a scraper sends a request line and a handful of short headers.
 MAX_LINE_BYTES = 8192
 MAX_HEADERS = 100
@@ -83,7 +85,9 @@ def make_app(store: SnapshotStore, telemetry_path: str) -> App:
 
     def app(path: str, headers: Mapping[str, str]) -> Response:
         if path == telemetry_path:
-            return Response(HTTPStatus.OK, CONTENT_TYPE_LATEST, exposition.render())
+            gzip = accepts_gzip(headers.get("accept-encoding", ""))  # Prometheus asks for it
+            extra = GZIP_HEADERS if gzip else (("Vary", "Accept-Encoding"),)
+            return Response(HTTPStatus.OK, CONTENT_TYPE_LATEST, exposition.render(gzip=gzip), extra)
         if path == "/healthz":
             return _plain(HTTPStatus.OK, "ok\n")
         if path == "/readyz":

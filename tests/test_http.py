@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import socket
 from collections.abc import Iterator
@@ -107,3 +108,21 @@ def test_silent_clients_are_dropped_and_never_starve_scrapers(store: SnapshotSto
             sock.close()
     finally:
         running.stop()
+
+
+def test_gzip_when_asked_decompresses_to_the_plain_exposition(server: MetricsServer) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    conn.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
+    response = conn.getresponse()
+    packed = response.read()
+    conn.close()
+    assert response.getheader("Content-Encoding") == "gzip"
+    assert int(response.getheader("Content-Length", "-1")) == len(packed)
+    plain_response, plain = request(server, "GET", "/metrics")
+    assert plain_response.getheader("Content-Encoding") is None
+    assert len(packed) < len(plain) // 4
+
+    def stable(text: bytes) -> list[str]:
+        return [x for x in text.decode().splitlines() if not x.startswith("conda_exporter_oldest_result_age_seconds ")]
+
+    assert stable(gzip.decompress(packed)) == stable(plain)

@@ -18,6 +18,7 @@ from exporter.collector.env import EnvCollector
 from exporter.collector.exporter import OLDEST_AGE, ExporterCollector, ResultAgeCollector, oldest_result_age
 from exporter.collector.pkgs import PkgsCollector
 from exporter.collector.root import RootCollector
+from exporter.gzipstream import GzipPrefix, compress_prefix, finish
 from exporter.snapshot import SnapshotStore
 
 __all__ = ["ExpositionCache", "build_registry"]
@@ -58,29 +59,32 @@ class ExpositionCache:
         age_text = generate_latest(_registry(ResultAgeCollector(store))).decode()
         self._age_header = "".join(line + "\n" for line in age_text.splitlines() if line.startswith("#")).encode()
         self._cached: tuple[object, bytes] = (object(), b"")
-        self._cached_self: tuple[int, bytes] = (-1, b"")
+        # (store version, snapshot and self-metrics text, its gzip prefix)
+        self._cached_self: tuple[int, bytes, GzipPrefix] = (-1, b"", compress_prefix(b""))
         # One render at a time. While it runs, the other scrapes serve the previous text (a complete
         # exposition of the previous snapshot, at most one render old) instead of all waiting for it or
         # all rendering it at once under the GIL: with hundreds of envs a render takes tens of ms.
         self._render_lock = threading.Lock()
 
-    def render(self) -> bytes:
-        """The whole exposition (text format 0.0.4) as of now, or as of the previous change while
-        another thread is rendering the latest one."""
+    def render(self, gzip: bool = False) -> bytes:
+        """The whole exposition (as ``generate_latest`` writes it) as of now, or as of the previous
+        change while another thread is rendering the latest one; a gzip member of it with ``gzip``."""
         version = self._store.version  # before rendering: a change meanwhile renders again next time
-        self_version, self_text = self._cached_self
-        if self_version != version and self._render_lock.acquire(blocking=self_version < 0):
+        cached = self._cached_self
+        if cached[0] != version and self._render_lock.acquire(blocking=cached[0] < 0):
             try:
-                self_version, self_text = self._cached_self
-                if self_version != version:  # not rendered by the scrape we waited for
+                cached = self._cached_self
+                if cached[0] != version:  # not rendered by the scrape we waited for
                     snapshot = self._store.snapshot
                     key, text = self._cached
                     if key is not snapshot:
                         text = generate_latest(self._snapshot_registry)
                         self._cached = (snapshot, text)
                     self_text = text + generate_latest(self._self_registry)
-                    self._cached_self = (version, self_text)
+                    cached = (version, self_text, compress_prefix(self_text))
+                    self._cached_self = cached
             finally:
                 self._render_lock.release()
         age: str = floatToGoString(oldest_result_age(self._store, time.time()))  # type: ignore[no-untyped-call]
-        return b"".join((self_text, self._age_header, f"{OLDEST_AGE} {age}\n".encode()))
+        tail = self._age_header + f"{OLDEST_AGE} {age}\n".encode()
+        return finish(cached[2], tail) if gzip else cached[1] + tail
