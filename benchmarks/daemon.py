@@ -353,7 +353,7 @@ def main() -> int:
     print(f"daemon CPU for it: removed {remove_cpu:.3f} s, installed {install_cpu:.3f} s; the larger is "
           f"{100 * worst / baseline:.1f}% of the smaller full scan, {baseline:.2f} s (target <= 5%)")
     print(f"idle CPU over {args.idle_seconds:.0f} s:          {100 * idle_share:.2f}% of one core (target <= 1%)")
-    print(f"(during a reconcile: a scan ran throughout both measurements; {scans} scan(s), each started as the "
+    print(f"(during a reconcile: a scan ran throughout the measurements; {scans} scan(s), each started as the "
           "previous one ended)")
     for label, (lat, client_cpu) in (("idle", idle_lat), ("during a reconcile", busy_lat)):
         print(f"/metrics, 20 Python scraper threads, {label}: {len(lat)} requests, p50 {1000 * pct(lat, 50):.1f} ms, "
