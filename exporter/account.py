@@ -157,10 +157,12 @@ def _changed_rows(before: SharedInodes | None, after: SharedInodes | None) -> U6
         only = before if before is not None else after
         return _outside(only)[0] if only is not None else np.zeros(0, np.uint64)
     if before.ino is after.ino:
-        # The same tree re-accounted by apply_link_delta. A row of it changes side only when all of
-        # its inode's links move into or out of this tree, i.e. out of or into a rescanned tree,
-        # whose row of that inode then appears or disappears: the inode is a candidate already.
-        return np.zeros(0, np.uint64)
+        # The same tree re-accounted by apply_link_delta: rows change side where nlink moved. The
+        # tree that moved the links may be outside the trees being totalled (an env rescanned after
+        # a file was deleted by hand, for its cache's total), so these rows are candidates too.
+        flipped: npt.NDArray[np.bool_] = (before.found < before.nlink) != (after.found < after.nlink)
+        inodes: U64 = before.ino[flipped]
+        return inodes
     old_ino, old_blocks = _outside(before)
     new_ino, new_blocks = _outside(after)
     if not len(old_ino) or not len(new_ino):

@@ -240,6 +240,9 @@ class Daemon:
         self.store.update_watch(watches=self._watcher.count if self._watcher else 0)
 
     def _poll(self) -> None:
+        # Re-listed every poll: without inotify, a site-packages dir that appears without a conda
+        # transaction (pip --prefix from another interpreter) is seen no other way.
+        self._site_dirs.clear()
         specs = self._specs()
         now = fingerprints(specs.values())
         for target, stamp in now.items():

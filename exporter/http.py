@@ -16,6 +16,7 @@ import logging
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,14 +51,19 @@ LANDING_PAGE = """<!DOCTYPE html>
 PLAIN = "text/plain; charset=utf-8"
 GZIP_HEADERS = (("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding"))
 # Request head limits: a scraper sends a request line and a handful of short headers.
+MAX_HEAD_BYTES = 16384
 MAX_LINE_BYTES = 8192
 MAX_HEADERS = 100
 # Threads serving connections. A fixed pool instead of a thread per request: starting a thread costs a
 # handoff to a new OS thread, which under a full scan's load on two cores was most of a request's
 # latency. More threads than this would only wait for the GIL.
 HTTP_THREADS = 8
-# A client that stops sending or reading loses its pool thread after this many seconds.
+# Seconds a client has to send its request head, and then to take the response: a slow or silent
+# client loses its serving thread after that.
 SOCKET_TIMEOUT_SECONDS = 10.0
+# Accepted connections waiting for a serving thread; beyond this, new ones get 503 at once rather
+# than piling up (each holds a file descriptor).
+MAX_WAITING = 64
 
 
 @dataclass(frozen=True)
@@ -107,42 +113,67 @@ class _BadRequestError(Exception):
         self.status = status
 
 
-class _Handler(socketserver.StreamRequestHandler):
-    """One request per connection: read and check the head, answer, close."""
+def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
+    """Method, path and headers (names lower-case) of a request head, without its blank line."""
+    lines = [line.removesuffix(b"\r") for line in head.split(b"\n")]
+    if any(len(line) > MAX_LINE_BYTES for line in lines):
+        raise _BadRequestError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request line or header too long\n")
+    if len(lines) - 1 > MAX_HEADERS:
+        raise _BadRequestError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "too many headers\n")
+    parts = lines[0].decode("latin-1").split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise _BadRequestError(HTTPStatus.BAD_REQUEST, "malformed request line\n")
+    method, target, _version = parts
+    try:
+        path = urlsplit(target).path
+    except ValueError:
+        raise _BadRequestError(HTTPStatus.BAD_REQUEST, "malformed request target\n") from None
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, colon, value = line.decode("latin-1").partition(":")
+        if not colon or not name.strip():
+            raise _BadRequestError(HTTPStatus.BAD_REQUEST, "malformed header\n")
+        headers[name.strip().lower()] = value.strip()
+    return method, path, headers
 
-    timeout = SOCKET_TIMEOUT_SECONDS
+
+class _Handler(socketserver.BaseRequestHandler):
+    """One request per connection: read its head within a deadline, answer, close."""
+
+    request: socket.socket
     server: _Server
 
-    def _line(self) -> bytes:
-        line = self.rfile.readline(MAX_LINE_BYTES + 1)
-        if len(line) > MAX_LINE_BYTES:
-            raise _BadRequestError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request line or header too long\n")
-        return line
-
-    def _read_head(self) -> tuple[str, str, dict[str, str]]:
-        parts = self._line().decode("latin-1").split()
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            raise _BadRequestError(HTTPStatus.BAD_REQUEST, "malformed request line\n")
-        method, target, _version = parts
-        headers: dict[str, str] = {}
-        for _ in range(MAX_HEADERS):
-            line = self._line()
-            if line in (b"\r\n", b"\n", b""):
-                return method, target, headers
-            name, colon, value = line.decode("latin-1").partition(":")
-            if not colon or not name.strip():
-                raise _BadRequestError(HTTPStatus.BAD_REQUEST, "malformed header\n")
-            headers[name.strip().lower()] = value.strip()
-        raise _BadRequestError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "too many headers\n")
+    def _receive_head(self) -> bytes:
+        """The request head up to its blank line, all of it received within SOCKET_TIMEOUT_SECONDS
+        however slowly the client trickles it: a per-recv timeout alone would let a client sending a
+        byte every few seconds hold a serving thread for ever."""
+        deadline = time.monotonic() + SOCKET_TIMEOUT_SECONDS
+        data = b""
+        while True:
+            ends = [i for i in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if i >= 0]
+            if ends:
+                return data[: min(ends)]
+            if len(data) > MAX_HEAD_BYTES:
+                raise _BadRequestError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too long\n")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("request head not received in time")
+            self.request.settimeout(remaining)
+            chunk = self.request.recv(65536)
+            if not chunk:
+                raise ConnectionAbortedError("closed before the end of the request head")
+            data += chunk
 
     def handle(self) -> None:
-        method = "GET"
+        with_body = True
         try:
-            method, target, headers = self._read_head()
+            head = self._receive_head()
+            with_body = not head.startswith(b"HEAD ")
+            method, path, headers = _parse_head(head)
             if method not in ("GET", "HEAD"):
                 response = _plain(HTTPStatus.METHOD_NOT_ALLOWED, "only GET and HEAD\n", (("Allow", "GET, HEAD"),))
             else:
-                response = self.server.app(urlsplit(target).path, headers)
+                response = self.server.app(path, headers)
         except _BadRequestError as exc:
             response = _plain(exc.status, str(exc))
         except (TimeoutError, ConnectionError):
@@ -150,19 +181,31 @@ class _Handler(socketserver.StreamRequestHandler):
         except Exception:
             log.exception("error answering a request")
             response = _plain(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n")
-        self._send(response, with_body=method != "HEAD")
-
-    def _send(self, response: Response, with_body: bool) -> None:
-        lines = [
-            f"HTTP/1.1 {response.status.value} {response.status.phrase}",
-            f"Content-Type: {response.content_type}",
-            f"Content-Length: {len(response.body)}",
-            "Connection: close",
-            *(f"{name}: {value}" for name, value in response.headers),
-        ]
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         with contextlib.suppress(TimeoutError, ConnectionError):  # the scraper gave up; it will scrape again
-            self.wfile.write(head + response.body if with_body else head)
+            self._send_all(_encode(response, with_body))
+
+    def _send_all(self, data: bytes) -> None:
+        """Send ``data`` within SOCKET_TIMEOUT_SECONDS in all, however slowly the client reads."""
+        deadline = time.monotonic() + SOCKET_TIMEOUT_SECONDS
+        view = memoryview(data)
+        while view:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("response not taken in time")
+            self.request.settimeout(remaining)
+            view = view[self.request.send(view) :]
+
+
+def _encode(response: Response, with_body: bool) -> bytes:
+    lines = [
+        f"HTTP/1.1 {response.status.value} {response.status.phrase}",
+        f"Content-Type: {response.content_type}",
+        f"Content-Length: {len(response.body)}",
+        "Connection: close",
+        *(f"{name}: {value}" for name, value in response.headers),
+    ]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head + response.body if with_body else head
 
 
 class _Server(socketserver.TCPServer):
@@ -174,9 +217,21 @@ class _Server(socketserver.TCPServer):
     def __init__(self, address: tuple[str, int], app: App) -> None:
         self.app = app
         self._pool = ThreadPoolExecutor(max_workers=HTTP_THREADS, thread_name_prefix="http-request")
+        self._waiting = 0  # accepted connections not yet answered (being served or queued)
+        self._waiting_lock = threading.Lock()
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        with self._waiting_lock:
+            busy = self._waiting >= HTTP_THREADS + MAX_WAITING
+            if not busy:
+                self._waiting += 1
+        if busy:
+            with contextlib.suppress(OSError):  # a fresh socket's send buffer is empty: this never blocks
+                request.setblocking(False)
+                request.send(_encode(_plain(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n"), True))
+            self.shutdown_request(request)
+            return
         self._pool.submit(self._serve_one, request, client_address)
 
     def _serve_one(self, request: Any, client_address: Any) -> None:
@@ -186,6 +241,8 @@ class _Server(socketserver.TCPServer):
             self.handle_error(request, client_address)
         finally:
             self.shutdown_request(request)
+            with self._waiting_lock:
+                self._waiting -= 1
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("error serving %s", client_address)

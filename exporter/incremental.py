@@ -75,7 +75,9 @@ def _root_distinct(
     after = _keyed_trees(envs, pkgs, rest)
     if list(after) != [k for k in before if k in after] + [k for k in after if k not in before]:
         return None  # the order changed (an env was renamed into the middle): keep the count exact
-    pairs = [(before.get(k), after[k]) for k in after] + [(before[k], None) for k in before if k not in after]
+    # Before-trees in their old order, after-trees in their new one (checked above): the first table
+    # holding an inode gives its blocks, as in the totals being updated.
+    pairs = [(before[k], after.get(k)) for k in before] + [(None, after[k]) for k in after if k not in before]
     return distinct_bytes_update(old_root.bytes, pairs)
 
 

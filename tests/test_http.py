@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def test_bad_requests_get_a_clear_status_and_the_server_goes_on(server: MetricsS
 
 def test_silent_clients_are_dropped_and_never_starve_scrapers(store: SnapshotStore,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(exporter.http._Handler, "timeout", 0.3)
+    monkeypatch.setattr(exporter.http, "SOCKET_TIMEOUT_SECONDS", 0.3)
     running = MetricsServer(make_app(store, "/metrics"), "127.0.0.1", 0)
     running.start()
     try:
@@ -108,6 +109,63 @@ def test_silent_clients_are_dropped_and_never_starve_scrapers(store: SnapshotSto
             sock.close()
     finally:
         running.stop()
+
+
+def test_a_client_trickling_its_request_loses_its_thread_at_the_deadline(
+    store: SnapshotStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(exporter.http, "SOCKET_TIMEOUT_SECONDS", 0.5)
+    running = MetricsServer(make_app(store, "/metrics"), "127.0.0.1", 0)
+    running.start()
+    try:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=5) as sock:
+            started = time.monotonic()
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+            closed = False
+            for _ in range(100):  # a header byte every 50 ms, for up to 5 s: each recv would be quick
+                try:
+                    sock.sendall(b"X")
+                except OSError:
+                    closed = True
+                    break
+                sock.settimeout(0.05)
+                try:
+                    if sock.recv(1) == b"":
+                        closed = True
+                        break
+                except TimeoutError:
+                    continue
+            assert closed and time.monotonic() - started < 2.5
+    finally:
+        running.stop()
+
+
+def test_connections_beyond_the_queue_get_503_at_once(store: SnapshotStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(exporter.http, "SOCKET_TIMEOUT_SECONDS", 3.0)
+    running = MetricsServer(make_app(store, "/metrics"), "127.0.0.1", 0)
+    running.start()
+    silent = []
+    try:
+        for _ in range(exporter.http.HTTP_THREADS + exporter.http.MAX_WAITING):
+            silent.append(socket.create_connection(("127.0.0.1", running.port), timeout=5))
+        started = time.monotonic()
+        answer = raw(running, b"GET /healthz HTTP/1.1\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 503 ") and time.monotonic() - started < 2.0
+    finally:
+        for sock in silent:
+            sock.close()
+        running.stop()
+
+
+def test_malformed_target_is_a_400_not_a_logged_error(server: MetricsServer,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    answer = raw(server, b"GET http://[::1/metrics HTTP/1.1\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 ") and not caplog.records
+
+
+def test_head_with_a_bad_header_gets_no_body(server: MetricsServer) -> None:
+    answer = raw(server, b"HEAD /metrics HTTP/1.1\r\nno colon\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 ") and answer.endswith(b"\r\n\r\n")
 
 
 def test_gzip_when_asked_decompresses_to_the_plain_exposition(server: MetricsServer) -> None:

@@ -73,3 +73,25 @@ def test_random_operations_keep_every_number_equal_to_the_oracle(
         assert mismatches(exposition(snapshot), root) == [], done
     # most changes (not env creation in the middle of the order) took the update-from-the-change path
     assert sum(updated) >= len(updated) // 2, updated
+
+
+@pytest.mark.parametrize("reuse_limit", [0, exporter.account.REUSE_LIMIT], ids=["from-the-change", "default"])
+def test_a_file_deleted_by_hand_frees_its_cache_twin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      reuse_limit: int) -> None:
+    """An env loses its link to a cache file outside conda (rm, or pip overwriting it): the cache is
+    not walked again (no package came or went), yet its total must follow."""
+    monkeypatch.setattr(exporter.account, "REUSE_LIMIT", reuse_limit)
+    root = build_fixture_root(tmp_path / "conda")
+    layouts: dict[str, RootLayout] = {str(root): discover_root(str(root))}
+    snapshot = full_scan(list(layouts.values()), OPTIONS)
+    cache_inodes = {p.lstat().st_ino for p in (root / "pkgs").rglob("*") if p.is_file()}
+    victim = next(p for p in sorted((root / "envs").rglob("*"))
+                  if p.is_file() and not p.is_symlink() and p.lstat().st_nlink == 2
+                  and p.lstat().st_ino in cache_inodes and p.lstat().st_blocks)
+    env = root / "envs" / victim.relative_to(root / "envs").parts[0]
+    victim.unlink()
+    snapshot, layouts = rescan(
+        snapshot, {Target("env", str(env), str(root))}, roots=[str(root)], current=layouts,
+        discover=lambda r, _layouts: discover_root(r), options=OPTIONS, started=time.monotonic(),
+    )
+    assert mismatches(exposition(snapshot), root) == [], victim
