@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.client
 import socket
@@ -184,3 +185,32 @@ def test_gzip_when_asked_decompresses_to_the_plain_exposition(server: MetricsSer
         return [x for x in text.decode().splitlines() if not x.startswith("conda_exporter_oldest_result_age_seconds ")]
 
     assert stable(gzip.decompress(packed)) == stable(plain)
+
+
+def test_serves_on_ipv6(store: SnapshotStore) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 in this Python")
+    try:
+        running = MetricsServer(make_app(store, "/metrics"), "::1", 0)
+    except OSError as exc:  # no ::1 on this host's loopback
+        pytest.skip(f"cannot listen on ::1: {exc}")
+    running.start()
+    try:
+        conn = http.client.HTTPConnection("::1", running.port, timeout=5)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().read() == b"ok\n"
+        conn.close()
+    finally:
+        running.stop()
+
+
+def test_a_post_with_a_body_still_reads_its_405(server: MetricsServer) -> None:
+    body = b"x" * 500_000  # more than the server reads with the head
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"POST /metrics HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body))
+        with contextlib.suppress(OSError):  # the server may answer and stop reading before the end
+            sock.sendall(body)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    assert b"".join(chunks).startswith(b"HTTP/1.1 405 ")
