@@ -45,9 +45,9 @@ class ExpositionCache:
 
     A snapshot never changes once published, so its families (all but the exporter's self-metrics)
     are rendered when it is first scraped and reused until the next one; the self-metrics are
-    rendered again only when ``store.version`` moves; only the age of the oldest result, which moves
-    with the clock, is rendered per scrape. With hundreds of envs and many scrapers at once,
-    rendering per scrape under the GIL is what made /metrics slow.
+    rendered again only when ``store.version`` moves (and compressed once then, for gzip); only the
+    age of the oldest result, which moves with the clock, is formatted per scrape. With hundreds of
+    envs and many scrapers at once, rendering per scrape under the GIL is what made /metrics slow.
     """
 
     def __init__(self, store: SnapshotStore) -> None:
