@@ -43,6 +43,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import generate
+
 HERE = Path(__file__).resolve().parent
 EXPORTER = str(Path(sys.executable).with_name("conda-env-exporter"))
 TICK = os.sysconf("SC_CLK_TCK")
@@ -284,7 +286,7 @@ def pct(values: list[float], q: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=("small", "medium", "large", "wide"), default="large")
+    parser.add_argument("--size", choices=sorted(generate.PROFILES), default="large")
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--scrape-seconds", type=float, default=5.0)
     args = parser.parse_args()

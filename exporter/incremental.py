@@ -19,7 +19,16 @@ from dataclasses import replace
 from exporter.account import TreeUsage, apply_link_delta, distinct_bytes_update, link_delta
 from exporter.discover import RootLayout
 from exporter.pkgs import PkgsChunk, scan_pkgs_chunk
-from exporter.scanner import ScanOptions, log_errors, pkgs_usage, root_usage, scan_env, scan_pkgs, scan_rest
+from exporter.scanner import (
+    ScanOptions,
+    log_errors,
+    pkgs_usage,
+    root_trees,
+    root_usage,
+    scan_env,
+    scan_pkgs,
+    scan_rest,
+)
 from exporter.snapshot import EnvUsage, PkgsUsage, RootUsage, Snapshot
 from exporter.walk import WalkError
 from exporter.watch import Target
@@ -47,16 +56,6 @@ def rescan_chunk(chunk: PkgsChunk, options: ScanOptions) -> PkgsChunk:
     )
 
 
-def _keyed_trees(
-    envs: Sequence[EnvUsage], pkgs: Sequence[PkgsUsage], rest: Sequence[TreeUsage]
-) -> dict[tuple[str, ...], TreeUsage]:
-    """A root's trees in the order :func:`root_trees` gives them, keyed by what they are."""
-    keyed: dict[tuple[str, ...], TreeUsage] = {("env", e.prefix): e.usage for e in envs}
-    keyed.update(((("chunk", p.path, str(i)), c.usage) for p in pkgs for i, c in enumerate(p.chunks)))
-    keyed.update(((("rest", str(i)), u) for i, u in enumerate(rest)))
-    return keyed
-
-
 def _root_distinct(
     old: Snapshot,
     old_root: RootUsage | None,
@@ -68,11 +67,11 @@ def _root_distinct(
     if old_root is None:
         return None
     root = old_root.path
-    before = _keyed_trees(
+    before = root_trees(
         [e for e in old.envs if e.root == root], [p for p in old.pkgs if p.root == root],
         [u for r, u in old.rest if r == root],
     )
-    after = _keyed_trees(envs, pkgs, rest)
+    after = root_trees(envs, pkgs, rest)
     if list(after) != [k for k in before if k in after] + [k for k in after if k not in before]:
         return None  # the order changed (an env was renamed into the middle): keep the count exact
     # Before-trees in their old order, after-trees in their new one (checked above): the first table

@@ -198,9 +198,15 @@ def filesystem_usage(path: str) -> tuple[int, int]:
     return vfs.f_blocks * vfs.f_frsize, vfs.f_bavail * vfs.f_frsize
 
 
-def root_trees(envs: Sequence[EnvUsage], pkgs: Sequence[PkgsUsage], rest: Sequence[TreeUsage]) -> list[TreeUsage]:
-    """The trees making up a root, in the order its total counts them."""
-    return [e.usage for e in envs] + [c.usage for p in pkgs for c in p.chunks] + list(rest)
+def root_trees(
+    envs: Sequence[EnvUsage], pkgs: Sequence[PkgsUsage], rest: Sequence[TreeUsage]
+) -> dict[tuple[str, ...], TreeUsage]:
+    """The trees making up a root, in the order its total counts them, keyed by what each is (so an
+    incremental rescan can pair a tree before and after a change)."""
+    keyed: dict[tuple[str, ...], TreeUsage] = {("env", e.prefix): e.usage for e in envs}
+    keyed.update(((("chunk", p.path, str(i)), c.usage) for p in pkgs for i, c in enumerate(p.chunks)))
+    keyed.update(((("rest", str(i)), u) for i, u in enumerate(rest)))
+    return keyed
 
 
 def root_usage(
@@ -212,7 +218,7 @@ def root_usage(
 ) -> RootUsage:
     """Totals of one root from its already accounted parts; ``distinct``, when known, is
     ``distinct_bytes`` of its trees (an incremental rescan computes it from the change)."""
-    trees = root_trees(envs, pkgs, rest)
+    trees = list(root_trees(envs, pkgs, rest).values())
     size, avail = filesystem_usage(layout.path)
     return RootUsage(
         path=layout.path,
