@@ -17,7 +17,7 @@ ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-# A C compiler for the native walker (exporter/_walker.c); it stays in this stage. Debian's stable
+# A C compiler for the native walker (exporter/scan/_walker.c); it stays in this stage. Debian's stable
 # packages take only security fixes, so pinning their versions would only break the build later.
 # hadolint ignore=DL3008
 RUN apt-get update \

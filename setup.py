@@ -1,7 +1,7 @@
 """Only the native walker lives here; everything else is declared in pyproject.toml.
 
-``exporter/_walker.c`` is optional: without a C compiler the install still succeeds and
-``exporter.walk`` falls back to its Python loop (same numbers, about three times slower);
+``exporter/scan/_walker.c`` is optional: without a C compiler the install still succeeds and
+``exporter.scan.walk`` falls back to its Python loop (same numbers, about three times slower);
 ``conda-env-exporter --version`` and ``conda_exporter_build_info{walker}`` say which one runs.
 """
 
@@ -10,8 +10,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "exporter._walker",
-            sources=["exporter/_walker.c"],
+            "exporter.scan._walker",
+            sources=["exporter/scan/_walker.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra"],
             optional=True,
         )

@@ -21,14 +21,15 @@ from prometheus_client import generate_latest
 from pydantic import ValidationError
 
 from exporter import __version__
-from exporter.collector import build_registry
 from exporter.config import ENV_PREFIX, Settings, flag_of, parse_listen_address
 from exporter.demo import build_demo_root
-from exporter.discover import Discovery, RootNotFoundError, detect_roots, validate_roots
-from exporter.report import render_report
-from exporter.scanner import ScanOptions, full_scan
-from exporter.snapshot import SnapshotStore
-from exporter.walk import WALKER
+from exporter.discover.roots import Discovery, RootNotFoundError, detect_roots, validate_roots
+from exporter.expose.exposition import build_registry
+from exporter.expose.report import render_report
+from exporter.model import ScanOptions
+from exporter.scan.walk import WALKER
+from exporter.snapshot.full import full_scan
+from exporter.snapshot.store import SnapshotStore
 
 __all__ = ["main"]
 
@@ -108,15 +109,6 @@ def resolve_roots(settings: Settings) -> list[str]:
     )
 
 
-def scan_options(settings: Settings) -> ScanOptions:
-    """How scans run, from the settings."""
-    return ScanOptions(
-        workers=settings.scan_workers,
-        cross_filesystems=settings.scan_cross_filesystems,
-        top_packages=settings.collect_packages,
-    )
-
-
 def discovery_of(settings: Settings, roots: list[str]) -> Discovery:
     """What to discover; an ``--env`` that is not an env is a usage error."""
     for env in settings.envs:
@@ -127,7 +119,7 @@ def discovery_of(settings: Settings, roots: list[str]) -> Discovery:
 
 def _scan(settings: Settings, roots: list[str]) -> SnapshotStore:
     store = SnapshotStore()
-    options = scan_options(settings)
+    options = ScanOptions.from_settings(settings)
     store.publish(full_scan(discovery_of(settings, roots).layouts(), options), "startup")
     return store
 
@@ -140,21 +132,15 @@ def serve(settings: Settings, roots: list[str], fixed_roots: bool = False) -> in
     come from flags and env vars, which a running process cannot be given anew: change those with a
     restart."""
     # Imported here: --once and report need neither watchdog nor the HTTP server, and start faster.
-    from exporter.daemon import Daemon, DaemonConfig
-    from exporter.http import MetricsServer, make_app
+    from exporter.daemon.scheduler import Daemon, DaemonConfig
+    from exporter.expose.server import MetricsServer, make_app
 
     host, port = parse_listen_address(settings.web_listen_address)
     store = SnapshotStore()
     scheduler = Daemon(
         discovery_of(settings, roots),
-        scan_options(settings),
-        DaemonConfig(
-            debounce=settings.watch_debounce,
-            mode=settings.watch_mode,
-            poll_interval=settings.watch_poll_interval,
-            reconcile_interval=settings.scan_interval,
-            state_file=str(settings.state_file) if settings.state_file else None,
-        ),
+        ScanOptions.from_settings(settings),
+        DaemonConfig.from_settings(settings),
         store,
     )
     try:
@@ -173,7 +159,7 @@ def serve(settings: Settings, roots: list[str], fixed_roots: bool = False) -> in
     def reload() -> None:
         try:
             fresh_roots = roots if fixed_roots else resolve_roots(settings)
-            scheduler.reconfigure(discovery_of(settings, fresh_roots), scan_options(settings))
+            scheduler.reconfigure(discovery_of(settings, fresh_roots), ScanOptions.from_settings(settings))
         except UsageError as exc:
             log.error("SIGHUP: keeping the running configuration: %s", exc)
             return

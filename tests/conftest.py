@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import exporter.walk
+import exporter.scan.walk
 from tests.deployrun import DOCKERFILE, PORT, Running, clean_env, substitute
 from tests.deployrun import EXPORTER as EXPORTER_PATH
 from tests.deploytools import Container, container_of
@@ -23,9 +23,9 @@ EXPORTER = str(Path(sys.executable).with_name("conda-env-exporter"))
 
 @pytest.fixture
 def python_walker(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Scans run in this process use exporter.walk's Python loop instead of the native walker."""
-    monkeypatch.setattr(exporter.walk, "_native", None)
-    monkeypatch.setattr(exporter.walk, "WALKER", "python")
+    """Scans run in this process use exporter.scan.walk's Python loop instead of the native walker."""
+    monkeypatch.setattr(exporter.scan.walk, "_native", None)
+    monkeypatch.setattr(exporter.scan.walk, "WALKER", "python")
 
 
 @pytest.fixture(scope="session")

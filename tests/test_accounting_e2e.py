@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import exporter.walk
+import exporter.scan.walk
 from exporter import cli
 from tests.condaops import ENV_METRICS
 from tests.exposition import by_label, samples
@@ -28,11 +28,11 @@ def run_once(exporter_cmd: list[str], root: Path, *extra: str) -> str:
 
 
 def run_once_python_walker(root: Path) -> str:
-    """``--once`` in this process with exporter.walk's Python loop (what runs where the C walker
+    """``--once`` in this process with exporter.scan.walk's Python loop (what runs where the C walker
     could not be built)."""
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
-        patch.setattr(exporter.walk, "_native", None)
+        patch.setattr(exporter.scan.walk, "_native", None)
         assert cli.main(["--once", "--root", str(root), "--scan.workers", "1"]) == 0
     return out.getvalue()
 

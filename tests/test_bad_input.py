@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from exporter.discover import discover_root
-from exporter.scanner import ScanOptions, full_scan
-from exporter.walk import errno_kind, error_kind
+from exporter.discover.roots import discover_root
+from exporter.scan.walk import errno_kind, error_kind
+from exporter.snapshot.full import full_scan
 from tests.exposition import by_label, samples
+from tests.options import scan_options
 from tests.oracle import tree_numbers
 
 WEIRD_NAMES = [b"with space", b'quo"te', b"new\nline", b"back\\slash", b"latin1-\xe9\xff"]
@@ -151,7 +152,7 @@ def test_file_vanishing_mid_scan_is_counted(
     root = world_readable_root
     victim = root / "envs" / "good" / "lib" / "payload"
     monkeypatch.setattr(os, "scandir", _VanishingScandir(victim))
-    snapshot = full_scan([discover_root(str(root))], ScanOptions(workers=1))
+    snapshot = full_scan([discover_root(str(root))], scan_options(workers=1))
     by_env = {e.name: e for e in snapshot.envs}
     assert [e.kind for e in by_env["good"].usage.errors] == ["vanished"]
     assert by_env["good"].usage.files == 1  # the history file only
@@ -174,7 +175,7 @@ def test_directory_vanishing_before_open_is_counted(
         return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", open_after_removal)
-    snapshot = full_scan([discover_root(str(root))], ScanOptions(workers=1))
+    snapshot = full_scan([discover_root(str(root))], scan_options(workers=1))
     good = next(e for e in snapshot.envs if e.name == "good")
     assert [(e.kind, e.path) for e in good.usage.errors] == [("vanished", str(doomed))]
 
@@ -182,7 +183,7 @@ def test_directory_vanishing_before_open_is_counted(
 def test_root_that_vanishes_entirely_does_not_crash(world_readable_root: Path) -> None:
     layout = discover_root(str(world_readable_root))
     shutil.rmtree(world_readable_root)
-    snapshot = full_scan([layout], ScanOptions(workers=1))
+    snapshot = full_scan([layout], scan_options(workers=1))
     assert snapshot.errors and all(e.kind == "vanished" for e in snapshot.errors)
     assert sys.getrecursionlimit()  # and the process is still here to say so
 

@@ -88,7 +88,7 @@ def test_dockerfile_pip_steps_replayed_in_fresh_venv(tmp_path: Path) -> None:
     proc = subprocess.run([str(script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "--web.listen-address" in proc.stdout, proc.stderr
     where = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import exporter.walk as w; print(w.__file__, w.WALKER)"],
+        [str(venv / "bin" / "python"), "-c", "import exporter.scan.walk as w; print(w.__file__, w.WALKER)"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 
-from exporter.collector import ExpositionCache, build_registry
-from exporter.discover import discover_root
-from exporter.scanner import ScanOptions, full_scan
-from exporter.snapshot import SnapshotStore
+from exporter.discover.roots import discover_root
+from exporter.expose.exposition import ExpositionCache, build_registry
+from exporter.snapshot.full import full_scan
+from exporter.snapshot.store import SnapshotStore
 from tests.fixture_tree import build_fixture_root
+from tests.options import scan_options
 
 
 def stable(text: bytes) -> list[str]:
@@ -25,13 +26,13 @@ def test_cached_exposition_equals_a_full_render_across_snapshots(tmp_path: Path)
     store = SnapshotStore()
     cache = ExpositionCache(store)
     full = build_registry(store)
-    store.publish(full_scan([discover_root(str(root))], ScanOptions(workers=1)), "startup")
+    store.publish(full_scan([discover_root(str(root))], scan_options(workers=1)), "startup")
     first = cache.render()
     assert stable(first) == stable(generate_latest(full))
     assert stable(cache.render()) == stable(first)  # served from the cache
 
     shutil.rmtree(root / "envs" / "web")
-    store.publish(full_scan([discover_root(str(root))], ScanOptions(workers=1)), "reconcile")
+    store.publish(full_scan([discover_root(str(root))], scan_options(workers=1)), "reconcile")
     second = cache.render()
     assert stable(second) == stable(generate_latest(full))
     assert 'env="web"' in first.decode() and 'env="web"' not in second.decode()
@@ -43,7 +44,7 @@ def test_self_metrics_follow_every_store_change_and_the_age_follows_the_clock(tm
     root = build_fixture_root(tmp_path / "conda")
     store = SnapshotStore()
     cache = ExpositionCache(store)
-    store.publish(full_scan([discover_root(str(root))], ScanOptions(workers=1)), "startup")
+    store.publish(full_scan([discover_root(str(root))], scan_options(workers=1)), "startup")
     assert "conda_exporter_events_total 0.0" in cache.render().decode()
     store.count_events(events=3)
     assert "conda_exporter_events_total 3.0" in cache.render().decode()

@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 
-from exporter.gzipstream import accepts_gzip, compress_prefix, finish
+from exporter.expose.gzipstream import accepts_gzip, compress_prefix, finish
 
 TEXTS = {
     "empty": (b"", b""),

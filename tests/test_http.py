@@ -13,19 +13,20 @@ from pathlib import Path
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 
-import exporter.http
-from exporter.discover import discover_root
-from exporter.http import MAX_HEADERS, MAX_LINE_BYTES, MetricsServer, make_app
-from exporter.scanner import ScanOptions, full_scan
-from exporter.snapshot import SnapshotStore
+import exporter.expose.server
+from exporter.discover.roots import discover_root
+from exporter.expose.server import MAX_HEADERS, MAX_LINE_BYTES, MetricsServer, make_app
+from exporter.snapshot.full import full_scan
+from exporter.snapshot.store import SnapshotStore
 from tests.exposition import samples
+from tests.options import scan_options
 from tests.oracle import du_bytes
 
 
 @pytest.fixture(scope="module")
 def store(fixture_root: Path) -> SnapshotStore:
     store = SnapshotStore()
-    store.publish(full_scan([discover_root(str(fixture_root))], ScanOptions(workers=1)), "startup")
+    store.publish(full_scan([discover_root(str(fixture_root))], scan_options(workers=1)), "startup")
     return store
 
 
@@ -96,13 +97,13 @@ def test_bad_requests_get_a_clear_status_and_the_server_goes_on(server: MetricsS
 
 def test_silent_clients_are_dropped_and_never_starve_scrapers(store: SnapshotStore,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(exporter.http, "SOCKET_TIMEOUT_SECONDS", 0.3)
+    monkeypatch.setattr(exporter.expose.server, "SOCKET_TIMEOUT_SECONDS", 0.3)
     running = MetricsServer(make_app(store, "/metrics"), "127.0.0.1", 0)
     running.start()
     try:
         # as many idle connections as there are serving threads, each holding one
         silent = [socket.create_connection(("127.0.0.1", running.port), timeout=5)
-                  for _ in range(exporter.http.HTTP_THREADS)]
+                  for _ in range(exporter.expose.server.HTTP_THREADS)]
         response, _ = request(running, "GET", "/healthz")  # served once the idle ones time out
         assert response.status == 200
         for sock in silent:
@@ -115,7 +116,7 @@ def test_silent_clients_are_dropped_and_never_starve_scrapers(store: SnapshotSto
 def test_a_client_trickling_its_request_loses_its_thread_at_the_deadline(
     store: SnapshotStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(exporter.http, "SOCKET_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(exporter.expose.server, "SOCKET_TIMEOUT_SECONDS", 0.5)
     running = MetricsServer(make_app(store, "/metrics"), "127.0.0.1", 0)
     running.start()
     try:
@@ -142,12 +143,12 @@ def test_a_client_trickling_its_request_loses_its_thread_at_the_deadline(
 
 
 def test_connections_beyond_the_queue_get_503_at_once(store: SnapshotStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(exporter.http, "SOCKET_TIMEOUT_SECONDS", 3.0)
+    monkeypatch.setattr(exporter.expose.server, "SOCKET_TIMEOUT_SECONDS", 3.0)
     running = MetricsServer(make_app(store, "/metrics"), "127.0.0.1", 0)
     running.start()
     silent = []
     try:
-        for _ in range(exporter.http.HTTP_THREADS + exporter.http.MAX_WAITING):
+        for _ in range(exporter.expose.server.HTTP_THREADS + exporter.expose.server.MAX_WAITING):
             silent.append(socket.create_connection(("127.0.0.1", running.port), timeout=5))
         started = time.monotonic()
         answer = raw(running, b"GET /healthz HTTP/1.1\r\n\r\n")

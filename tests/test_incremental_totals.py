@@ -14,18 +14,20 @@ from pathlib import Path
 
 import pytest
 
-import exporter.account
-import exporter.incremental
-from exporter.collector import ExpositionCache
-from exporter.discover import RootLayout, discover_root
-from exporter.incremental import rescan
-from exporter.scanner import ScanOptions, full_scan
-from exporter.snapshot import Snapshot, SnapshotStore
-from exporter.watch import Target, fingerprints, watch_specs
+import exporter.account.links
+import exporter.snapshot.assemble
+from exporter.daemon.incremental import rescan
+from exporter.daemon.targets import Target, fingerprints, watch_specs
+from exporter.discover.roots import RootLayout, discover_root
+from exporter.expose.exposition import ExpositionCache
+from exporter.model import Snapshot
+from exporter.snapshot.full import full_scan
+from exporter.snapshot.store import SnapshotStore
 from tests.condaops import mismatches, random_operation
 from tests.fixture_tree import build_fixture_root
+from tests.options import scan_options
 
-OPTIONS = ScanOptions(workers=1)
+OPTIONS = scan_options(workers=1)
 
 
 def exposition(snapshot: Snapshot) -> str:
@@ -46,16 +48,16 @@ def changed_targets(
 def test_random_operations_keep_every_number_equal_to_the_oracle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
-    monkeypatch.setattr(exporter.account, "REUSE_LIMIT", 0)  # never count everything again
+    monkeypatch.setattr(exporter.account.links, "REUSE_LIMIT", 0)  # never count everything again
     updated: list[bool] = []
-    real_root_distinct = exporter.incremental._root_distinct
+    real_root_distinct = exporter.snapshot.assemble._updated_root_bytes
 
     def spy(*args: object) -> int | None:
         result = real_root_distinct(*args)  # type: ignore[arg-type]
         updated.append(result is not None)
         return result
 
-    monkeypatch.setattr(exporter.incremental, "_root_distinct", spy)
+    monkeypatch.setattr(exporter.snapshot.assemble, "_updated_root_bytes", spy)
     root = build_fixture_root(tmp_path / "conda")
     layouts: dict[str, RootLayout] = {str(root): discover_root(str(root))}
     snapshot = full_scan(list(layouts.values()), OPTIONS)
@@ -75,12 +77,12 @@ def test_random_operations_keep_every_number_equal_to_the_oracle(
     assert sum(updated) >= len(updated) // 2, updated
 
 
-@pytest.mark.parametrize("reuse_limit", [0, exporter.account.REUSE_LIMIT], ids=["from-the-change", "default"])
+@pytest.mark.parametrize("reuse_limit", [0, exporter.account.links.REUSE_LIMIT], ids=["from-the-change", "default"])
 def test_a_file_deleted_by_hand_frees_its_cache_twin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       reuse_limit: int) -> None:
     """An env loses its link to a cache file outside conda (rm, or pip overwriting it): the cache is
     not walked again (no package came or went), yet its total must follow."""
-    monkeypatch.setattr(exporter.account, "REUSE_LIMIT", reuse_limit)
+    monkeypatch.setattr(exporter.account.links, "REUSE_LIMIT", reuse_limit)
     root = build_fixture_root(tmp_path / "conda")
     layouts: dict[str, RootLayout] = {str(root): discover_root(str(root))}
     snapshot = full_scan(list(layouts.values()), OPTIONS)

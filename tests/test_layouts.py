@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from exporter.demo import DemoPackage, link_package, write_package
-from exporter.discover import discover_external, discover_root
+from exporter.discover.roots import discover_external, discover_root
 from tests.exposition import samples
 from tests.oracle import contents_numbers, du_bytes, tree_numbers
 

@@ -5,16 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import exporter.account
-from exporter.account import (
-    BLOCK_SIZE,
-    SharedInodes,
-    TreeUsage,
-    apply_link_delta,
-    distinct_bytes,
-    distinct_bytes_update,
-    link_delta,
-)
+import exporter.account.links
+from exporter.account.delta import apply_link_delta, link_delta
+from exporter.account.links import distinct_bytes, distinct_bytes_update
+from exporter.model import BLOCK_SIZE, SharedInodes, TreeUsage
 
 
 def table(rows: list[tuple[int, int, int, int]], dev: int = 7) -> SharedInodes:
@@ -62,7 +56,7 @@ def test_rescan_with_unchanged_links_is_no_change_and_other_devices_untouched() 
 
 @pytest.mark.parametrize("reuse_limit", [0, 10**9], ids=["from-the-change", "counted-again"])
 def test_totals_after_deleting_an_env_by_hand(monkeypatch: pytest.MonkeyPatch, reuse_limit: int) -> None:
-    monkeypatch.setattr(exporter.account, "REUSE_LIMIT", reuse_limit)
+    monkeypatch.setattr(exporter.account.links, "REUSE_LIMIT", reuse_limit)
     # X: 4 private blocks, inode 10 (8 blocks, shared with Y only), inode 11 (16 blocks, X, Y and cache)
     x = usage(table([(10, 2, 1, 8), (11, 3, 1, 16)]), unique_blocks=4)
     y = usage(table([(10, 2, 1, 8), (11, 3, 1, 16)]), unique_blocks=2)
@@ -77,7 +71,7 @@ def test_totals_after_deleting_an_env_by_hand(monkeypatch: pytest.MonkeyPatch, r
 
 
 def test_totals_after_a_rescan_that_links_a_private_cache_file_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(exporter.account, "REUSE_LIMIT", 0)
+    monkeypatch.setattr(exporter.account.links, "REUSE_LIMIT", 0)
     # the cache's inode 20 (32 blocks) was private to it; an install links it into env E
     env_before = usage(table([]), unique_blocks=5)
     cache_before = usage(table([]), unique_blocks=32 + 50)
@@ -89,7 +83,7 @@ def test_totals_after_a_rescan_that_links_a_private_cache_file_by_hand(monkeypat
 
 
 def test_totals_when_a_tree_moves_to_another_device_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(exporter.account, "REUSE_LIMIT", 0)
+    monkeypatch.setattr(exporter.account.links, "REUSE_LIMIT", 0)
     # the same inode number on two devices is two inodes
     env_before = usage(table([(30, 2, 1, 8)], dev=7))
     other = usage(table([(30, 2, 1, 8)], dev=7))

@@ -10,15 +10,16 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 
-from exporter.collector import build_registry
-from exporter.discover import discover_root
-from exporter.scanner import ScanOptions, full_scan
-from exporter.snapshot import SnapshotStore
-from exporter.state import load_state, save_state
+from exporter.daemon.state import load_state, save_state
+from exporter.discover.roots import discover_root
+from exporter.expose.exposition import build_registry
+from exporter.snapshot.full import full_scan
+from exporter.snapshot.store import SnapshotStore
 from tests.condaops import pip_install
 from tests.exposition import samples
 from tests.fixture_tree import build_fixture_root
 from tests.httpwait import fetch, free_port, poll, wait_ready
+from tests.options import scan_options
 from tests.test_daemon import DEADLINE, Running
 
 
@@ -29,7 +30,7 @@ def exposition_of(snapshot_store: SnapshotStore) -> str:
 
 def test_state_file_round_trips_every_number(tmp_path: Path) -> None:
     root = build_fixture_root(tmp_path / "conda")
-    snapshot = full_scan([discover_root(str(root))], ScanOptions(workers=1))
+    snapshot = full_scan([discover_root(str(root))], scan_options(workers=1))
     state = tmp_path / "state.json"
     save_state(str(state), [str(root)], snapshot, {("env", str(root), str(root)): [[1, 2]]})
     loaded = load_state(str(state), [str(root)])
@@ -44,7 +45,7 @@ def test_state_file_round_trips_every_number(tmp_path: Path) -> None:
 
 def test_bad_state_files_are_refused_with_the_reason(tmp_path: Path) -> None:
     root = build_fixture_root(tmp_path / "conda")
-    snapshot = full_scan([discover_root(str(root))], ScanOptions(workers=1))
+    snapshot = full_scan([discover_root(str(root))], scan_options(workers=1))
     state = tmp_path / "state.json"
     assert load_state(str(state), [str(root)]).result == "missing"
     save_state(str(state), [str(root)], snapshot, {})

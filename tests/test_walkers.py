@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import exporter.walk
-from exporter.account import account_tree
-from exporter.walk import walk_tree
+import exporter.scan.walk
+from exporter.account.links import account_tree
+from exporter.scan.walk import walk_tree
 from tests.oracle import tree_numbers
 
 
@@ -20,14 +20,14 @@ def test_native_walker_is_built_where_a_compiler_is() -> None:
     compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
     if not shutil.which(compiler):
         pytest.skip("no C compiler: the Python walker is the expected one")
-    assert exporter.walk.WALKER == "native"
+    assert exporter.scan.walk.WALKER == "native"
 
 
 @pytest.mark.parametrize("walker", ["native", "python"])
 def test_walk_of_each_env_matches_find(walker: str, fixture_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if walker == "python":
-        monkeypatch.setattr(exporter.walk, "_native", None)
-    elif exporter.walk.WALKER != "native":
+        monkeypatch.setattr(exporter.scan.walk, "_native", None)
+    elif exporter.scan.walk.WALKER != "native":
         pytest.skip("native walker not built")
     for prefix in [p for p in (fixture_root / "envs").iterdir() if (p / "conda-meta").is_dir()]:
         walk = walk_tree(str(prefix))

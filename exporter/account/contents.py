@@ -1,0 +1,88 @@
+"""Account stage, contents: untracked files, copies, and what relinking saves, by conda's own records.
+
+:func:`ownership` turns an env's :class:`~exporter.scan.records.EnvMetadata` into what the walk needs
+(which package owns which path, and the cache entry each package came from); the walk then sorts
+every single-link file a package installed by whether that cache entry still holds it (one ``lstat``
+each, done by the walker), and :func:`account_contents` turns its per-package sums into the env's
+numbers. Copies of a cache on another filesystem count as copied but not as dedupable: hardlinks
+cannot cross filesystems.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from exporter.model import BLOCK_SIZE, EnvContents
+from exporter.scan.records import EnvMetadata, PackageRecord
+from exporter.scan.walk import Ownership, TreeWalk
+
+__all__ = ["account_contents", "ownership"]
+
+
+def _cache_entry(record: PackageRecord, pkgs_dirs: Sequence[str]) -> str | None:
+    """The extracted package dir the record came from, if it still exists."""
+    candidates = [record.source] if record.source else []
+    candidates += [os.path.join(d, record.dist) for d in pkgs_dirs]
+    for candidate in candidates:
+        if os.path.isdir(candidate):
+            return candidate
+    return None
+
+
+def ownership(meta: EnvMetadata, pkgs_dirs: Sequence[str]) -> Ownership:
+    """The walk's view of ``meta``: files, relocated paths and cache entry of each package, in order."""
+    return Ownership(
+        files=[record.files for record in meta.packages],
+        relocated=[record.relocated for record in meta.packages],
+        cache_entries=[_cache_entry(record, pkgs_dirs) for record in meta.packages],
+    )
+
+
+def _top_packages(walk: TreeWalk, meta: EnvMetadata, top: int) -> tuple[tuple[str, int], ...]:
+    """The ``top`` packages by bytes of their paths in the env, as (name, bytes), biggest first."""
+    by_name: dict[str, int] = {}
+    for record, blocks in zip(meta.packages, walk.package_blocks, strict=False):
+        by_name[record.name] = by_name.get(record.name, 0) + blocks * BLOCK_SIZE
+    return tuple(sorted(by_name.items(), key=lambda item: (-item[1], item[0]))[:top])
+
+
+def _device(path: str) -> int | None:
+    try:
+        return os.lstat(path).st_dev
+    except OSError:
+        return None
+
+
+def account_contents(walk: TreeWalk, meta: EnvMetadata, owned: Ownership, top_packages: int = 0) -> EnvContents:
+    """Untracked/copied/dedupable bytes of one env (see :class:`~exporter.model.EnvContents`), from
+    a walk given ``owned`` (``ownership(meta, ...)``) and, with ``top_packages``, the biggest packages.
+
+    A single-link file a package installed is a copy when its cache entry holds the same path, or
+    when conda says the package was installed by copying; relinking it to the cache would save its
+    bytes only when the cache is on the env's filesystem.
+    """
+    copied_blocks = 0
+    dedupable: dict[str, int] = {}
+    # a walk that could not open the env at all has no per-package sums (empty lists): nothing to add
+    per_package = zip(
+        meta.packages, owned.cache_entries, walk.cached_single_blocks, walk.uncached_single_blocks, strict=False
+    )
+    for record, entry, cached, uncached in per_package:
+        copied_blocks += cached + (uncached if record.link_type == "copy" else 0)
+        if cached and entry is not None and _device(entry) == walk.dev:
+            cache = os.path.dirname(entry)
+            dedupable[cache] = dedupable.get(cache, 0) + cached * BLOCK_SIZE
+    return EnvContents(
+        packages=len(meta.packages),
+        untracked_bytes=walk.untracked_blocks * BLOCK_SIZE,
+        untracked_files=walk.untracked_files,
+        copied_bytes=copied_blocks * BLOCK_SIZE,
+        dedupable=tuple(sorted(dedupable.items())),
+        owner=meta.owner,
+        python_version=meta.python_version,
+        last_transaction=meta.last_transaction,
+        top_packages=_top_packages(walk, meta, top_packages) if top_packages else (),
+        sources=None if meta.errors or any(r.source is None for r in meta.packages)
+        else tuple(sorted({os.path.normpath(r.source) for r in meta.packages if r.source})),
+    )

@@ -1,0 +1,172 @@
+"""Account stage, hardlinks: turn walks into unique/shared byte counts, and count trees together.
+
+The rule (checked against ``du`` in the tests): an inode met while walking a tree is private to that
+tree exactly when the number of its links found in the tree equals its ``st_nlink``. Directories
+cannot be hardlinked, so they and ``nlink == 1`` files are private without counting. Everything else
+is *shared*: it has at least one link outside the tree (package cache, another env, anywhere).
+
+Shared inodes are kept as a :class:`SharedInodes` table so that totals over several trees (a whole
+root) can count each inode once, and so that later changes elsewhere can be re-accounted without
+walking this tree again (:mod:`exporter.account.delta`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from exporter.model import BLOCK_SIZE, SharedInodes, TreeUsage
+from exporter.scan.walk import TreeWalk
+
+__all__ = ["REUSE_LIMIT", "account_tree", "distinct_bytes", "distinct_bytes_update"]
+
+U64 = npt.NDArray[np.uint64]
+
+# distinct_bytes_update counts everything again when more than 1/REUSE_LIMIT of the rows changed:
+# looking each changed inode up in every table then costs more than one sort of them all.
+REUSE_LIMIT = 16
+
+
+def account_tree(walk: TreeWalk) -> TreeUsage:
+    """Count each inode of ``walk`` once and split its bytes into unique and shared."""
+    ino = np.frombuffer(walk.ino, dtype=np.uint64) if len(walk.ino) else np.zeros(0, np.uint64)
+    nlink = np.frombuffer(walk.nlink, dtype=np.uint64) if len(walk.nlink) else np.zeros(0, np.uint64)
+    blocks = np.frombuffer(walk.blocks, dtype=np.uint64) if len(walk.blocks) else np.zeros(0, np.uint64)
+    distinct, first, found = np.unique(ino, return_index=True, return_counts=True)
+    nlink_d = nlink[first]
+    blocks_d = blocks[first]
+    # found > nlink only if links were added while walking: all links are still inside, so private.
+    private = found.astype(np.uint64) >= nlink_d
+    outside = ~private
+    unique_blocks = walk.private_blocks + int(blocks_d[private].sum())
+    shared_blocks = int(blocks_d[outside].sum())
+    shared = SharedInodes(
+        dev=walk.dev,
+        ino=distinct[outside],
+        nlink=nlink_d[outside],
+        found=found[outside].astype(np.uint64),
+        blocks=blocks_d[outside],
+    )
+    return TreeUsage(
+        path=walk.path,
+        dev=walk.dev,
+        unique_bytes=unique_blocks * BLOCK_SIZE,
+        shared_bytes=shared_blocks * BLOCK_SIZE,
+        apparent_bytes=walk.apparent_bytes,
+        dirs=walk.dirs,
+        files=walk.files,
+        hardlinked_files=walk.hardlinked_files,
+        skipped_mounts=walk.skipped_mounts,
+        errors=tuple(walk.errors),
+        shared=shared,
+    )
+
+
+def distinct_bytes(usages: Iterable[TreeUsage]) -> int:
+    """Allocated bytes of the union of disjoint trees, each inode counted once (``du -s`` of them all).
+
+    Private inodes of different trees are distinct by definition; shared ones may be met in several
+    trees and are de-duplicated by ``(dev, ino)``.
+    """
+    total = 0
+    by_dev: dict[int, list[SharedInodes]] = {}
+    for usage in usages:
+        total += usage.unique_bytes
+        if len(usage.shared):
+            by_dev.setdefault(usage.dev, []).append(usage.shared)
+    for tables in by_dev.values():
+        # rows re-accounted as private (found >= nlink) are already in their tree's unique bytes
+        outside = [t.found < t.nlink for t in tables]
+        ino = np.concatenate([t.ino[o] for t, o in zip(tables, outside, strict=True)])
+        blocks = np.concatenate([t.blocks[o] for t, o in zip(tables, outside, strict=True)])
+        _, first = np.unique(ino, return_index=True)
+        total += int(blocks[first].sum()) * BLOCK_SIZE
+    return total
+
+
+def _outside(table: SharedInodes) -> tuple[U64, U64]:
+    """Inodes (sorted) and blocks of the rows of ``table`` that have links outside its tree."""
+    mask = table.found < table.nlink
+    return table.ino[mask], table.blocks[mask]
+
+
+def _changed_rows(before: SharedInodes | None, after: SharedInodes | None) -> U64:
+    """Inodes whose row differs for the root total between two tables of one tree: outside in one
+    and not the other, or outside in both with other blocks."""
+    if before is None or after is None:
+        only = before if before is not None else after
+        return _outside(only)[0] if only is not None else np.zeros(0, np.uint64)
+    if before.ino is after.ino:
+        # The same tree re-accounted by apply_link_delta: rows change side where nlink moved. The
+        # tree that moved the links may be outside the trees being totalled (an env rescanned after
+        # a file was deleted by hand, for its cache's total), so these rows are candidates too.
+        flipped: npt.NDArray[np.bool_] = (before.found < before.nlink) != (after.found < after.nlink)
+        inodes: U64 = before.ino[flipped]
+        return inodes
+    old_ino, old_blocks = _outside(before)
+    new_ino, new_blocks = _outside(after)
+    if not len(old_ino) or not len(new_ino):
+        return np.concatenate([old_ino, new_ino])
+    pos = np.minimum(np.searchsorted(new_ino, old_ino), len(new_ino) - 1)
+    kept = new_ino[pos] == old_ino
+    same = kept.copy()
+    same[kept] = new_blocks[pos[kept]] == old_blocks[kept]
+    back = np.minimum(np.searchsorted(old_ino, new_ino), len(old_ino) - 1)
+    added = old_ino[back] != new_ino
+    return np.concatenate([old_ino[~same], new_ino[added]]).astype(np.uint64, copy=False)
+
+
+def _first_outside_blocks(tables: Iterable[SharedInodes], inodes: U64) -> int:
+    """Sum over ``inodes`` (sorted, unique) of the blocks of the first table row where it is outside."""
+    blocks = np.zeros(inodes.shape[0], np.uint64)
+    seen = np.zeros(inodes.shape[0], bool)
+    for table in tables:
+        if not len(table):
+            continue
+        pos = np.minimum(np.searchsorted(table.ino, inodes), len(table) - 1)
+        hit = (table.ino[pos] == inodes) & (table.found[pos] < table.nlink[pos]) & ~seen
+        blocks[hit] = table.blocks[pos[hit]]
+        seen |= hit
+    return int(blocks.sum())
+
+
+def distinct_bytes_update(
+    before_total: int, trees: Sequence[tuple[TreeUsage | None, TreeUsage | None]]
+) -> int:
+    """``distinct_bytes`` of the trees after a change, from ``before_total``, their ``distinct_bytes``
+    before it, in time proportional to what changed rather than to every inode of every tree.
+
+    ``trees`` pairs each tree's usage before and after the change, in the same order as
+    ``distinct_bytes`` was given them (None: the tree was not there); an unchanged tree is the same
+    object twice. Only inodes whose rows differ are looked up in every table. When that is a sizeable
+    share of all rows (a new or deleted env on a small root), counting everything again is cheaper.
+    An inode whose ``st_blocks`` differ between tables (modified between two walks) counts with the
+    blocks of the first table holding it, as in :func:`distinct_bytes`.
+    """
+    total = before_total
+    changed: dict[int, list[U64]] = {}
+    for before, after in trees:
+        if before is after:
+            continue
+        total += (after.unique_bytes if after else 0) - (before.unique_bytes if before else 0)
+        same_dev = before is not None and after is not None and before.dev == after.dev
+        for old, new in [(before, after)] if same_dev else [(before, None), (None, after)]:
+            if old is not None or new is not None:
+                dev = old.dev if old is not None else new.dev  # type: ignore[union-attr]
+                rows = _changed_rows(old.shared if old else None, new.shared if new else None)
+                changed.setdefault(dev, []).append(rows)
+    rows_changed = sum(len(r) for rows in changed.values() for r in rows)
+    rows_all = sum(len(after.shared) for _, after in trees if after is not None)
+    if rows_changed * REUSE_LIMIT > rows_all:
+        return distinct_bytes(after for _, after in trees if after is not None)
+    for dev, dev_rows in changed.items():
+        inodes = np.unique(np.concatenate(dev_rows))
+        if not len(inodes):
+            continue
+        before_tables = [b.shared for b, _ in trees if b is not None and b.dev == dev]
+        after_tables = [a.shared for _, a in trees if a is not None and a.dev == dev]
+        gained = _first_outside_blocks(after_tables, inodes) - _first_outside_blocks(before_tables, inodes)
+        total += gained * BLOCK_SIZE
+    return total

@@ -1,0 +1,130 @@
+"""Daemon, change detection: inotify watches or polled fingerprints over the current layouts' targets.
+
+Either way a change becomes a call ``on_change(target, trigger)``; the scheduler debounces it. Polling
+compares each target's fingerprint with the one behind the numbers being served (kept by
+:class:`exporter.daemon.warm.PublishedState`), so there is one set of fingerprints, not one per mode.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+
+from exporter.daemon.inotify import InotifyWatcher, WatchLimitError
+from exporter.daemon.targets import (
+    NETWORK_FILESYSTEMS,
+    Fingerprint,
+    Target,
+    WatchSpec,
+    filesystem_type,
+    fingerprints,
+    site_packages_dirs,
+    watch_specs,
+)
+from exporter.discover.roots import RootLayout
+from exporter.snapshot.store import SnapshotStore
+
+__all__ = ["ChangeDetector"]
+
+log = logging.getLogger(__name__)
+
+
+class ChangeDetector:
+    """Watches (or polls) the targets of the layouts it is given.
+
+    ``mode`` is the setting (auto, inotify or poll); :meth:`start` decides the mode in force. The
+    site-packages dirs of each env are remembered between calls: listing every env's ``lib/`` for
+    each batch cost more than the batch's own walks; :meth:`forget` drops what may have changed.
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        poll_interval: float,
+        store: SnapshotStore,
+        on_change: Callable[[Target, str], None],
+        on_overflow: Callable[[], None],
+    ) -> None:
+        self.setting = mode
+        self.poll_interval = poll_interval
+        self.mode = "poll"
+        self._store = store
+        self._on_change = on_change
+        self._on_overflow = on_overflow
+        self._watcher: InotifyWatcher | None = None
+        self._site_dirs: dict[str, list[str]] = {}  # env prefix -> its site-packages dirs as last listed
+
+    def start(self, roots: Iterable[str]) -> None:
+        """Decide the mode: as set, or for auto, polling when a root is on a network filesystem."""
+        mode = self.setting
+        if mode == "auto":
+            mode = "inotify"
+            for root in filter(None, roots):
+                fstype = filesystem_type(root)
+                if fstype in NETWORK_FILESYSTEMS or fstype.startswith("nfs"):
+                    log.info("root %s is on a %s filesystem: polling", root, fstype)
+                    mode = "poll"
+                    break
+        self._set_mode(mode)
+
+    def _set_mode(self, mode: str) -> None:
+        self.mode = mode
+        if mode == "poll" and self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        log.info("change detection: %s", mode if mode == "inotify" else f"poll every {self.poll_interval} s")
+        self._store.update_watch(watch_mode=mode)
+
+    def specs(self, layouts: Iterable[RootLayout]) -> dict[str, WatchSpec]:
+        """The watch specs of ``layouts``, site-packages dirs from the memo where known."""
+        known, self._site_dirs = self._site_dirs, {}
+
+        def site_dirs(prefix: str) -> list[str]:
+            found = known.get(prefix)
+            self._site_dirs[prefix] = found if found is not None else site_packages_dirs(prefix)
+            return self._site_dirs[prefix]
+
+        return watch_specs(layouts, site_dirs)
+
+    def prints(self, layouts: Iterable[RootLayout]) -> dict[Target, Fingerprint]:
+        """Every target's fingerprint now."""
+        return fingerprints(self.specs(layouts).values())
+
+    def forget(self, prefixes: Iterable[str] | None = None) -> None:
+        """List the site-packages dirs of ``prefixes`` (None: of every env) again next time: pip or
+        conda may have added or removed one."""
+        if prefixes is None:
+            self._site_dirs.clear()
+        else:
+            for prefix in prefixes:
+                self._site_dirs.pop(prefix, None)
+
+    def sync(self, layouts: Iterable[RootLayout]) -> None:
+        """Watch what ``layouts`` need (inotify mode); falls back to polling when the kernel refuses."""
+        if self.mode == "inotify":
+            try:
+                if self._watcher is None:
+                    self._watcher = InotifyWatcher(lambda target: self._on_change(target, "event"), self._on_overflow)
+                self._watcher.sync(self.specs(layouts))
+            except WatchLimitError as exc:
+                log.warning("%s; falling back to polling", exc)
+                self._store.update_watch(watch_limit_reached=True)
+                self._set_mode("poll")
+        self._store.update_watch(watches=self._watcher.count if self._watcher else 0)
+
+    def poll(self, layouts: Iterable[RootLayout], published: Mapping[Target, Fingerprint]) -> None:
+        """Report every target whose fingerprint differs from ``published`` (a target gone: its root)."""
+        # Re-listed every poll: without inotify, a site-packages dir that appears without a conda
+        # transaction (pip --prefix from another interpreter) is seen no other way.
+        self.forget()
+        now = self.prints(layouts)
+        for target, stamp in now.items():
+            if published.get(target) != stamp:
+                self._on_change(target, "poll")
+        for target in set(published) - set(now):
+            self._on_change(Target("root", target.root, target.root), "poll")
+
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None

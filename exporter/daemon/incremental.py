@@ -1,0 +1,160 @@
+"""Daemon, incremental rescans: walk only the changed trees, re-account every other one from link deltas.
+
+* an env target rescans that env in-process (or drops it when it is gone) and also rescans its
+  root's package cache, because installing links cache files that were private to the cache (only a
+  walk of the cache sees them become shared) and removing can make cache packages unreferenced;
+* a root target re-discovers the root: new envs are scanned, removed ones dropped, ``envs/`` rewalked;
+* every tree *not* rescanned is re-accounted without walking it, from the change in links per inode
+  of the rescanned trees (:func:`exporter.account.delta.link_delta`); the results are assembled into a Snapshot as a
+  full scan's are, with totals updated from the change (:func:`exporter.snapshot.assemble.assemble`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from exporter.account.delta import apply_link_delta, link_delta
+from exporter.account.trees import measure_cache, measure_env, measure_rest, remeasure_chunk
+from exporter.daemon.targets import Target
+from exporter.discover.roots import RootLayout
+from exporter.model import EnvUsage, PkgsChunk, ScanOptions, Snapshot, TreeUsage, WalkError
+from exporter.snapshot.assemble import CacheParts, RootParts, assemble
+
+__all__ = ["rescan"]
+
+log = logging.getLogger(__name__)
+
+
+def _chunks_holding(chunks: Sequence[PkgsChunk], pkgs_dir: str, touched: set[str] | None) -> set[int] | None:
+    """Indexes of the chunks of ``pkgs_dir`` holding the ``touched`` cache entries; None when the whole
+    cache must be walked (no chunks yet, unknown entries, or an entry no chunk holds: newly extracted)."""
+    if touched is None or not chunks:
+        return None
+    here = {t for t in touched if os.path.dirname(t) == pkgs_dir}
+    wanted = {i for i, chunk in enumerate(chunks) if here & set(chunk.package_dirs)}
+    held = {d for i in wanted for d in chunks[i].package_dirs}
+    return wanted if here <= held else None
+
+
+def _touched_entries(
+    old_envs: dict[str, EnvUsage], new_envs: dict[str, EnvUsage], changed: set[str]
+) -> set[str] | None:
+    """Cache entries whose links the changed envs gained or lost (packages added or removed); None
+    when some record does not say where it came from, so any cache entry may be involved."""
+    touched: set[str] = set()
+    for prefix in changed:
+        before = old_envs[prefix].contents.sources if prefix in old_envs else ()
+        after = new_envs[prefix].contents.sources if prefix in new_envs else ()
+        if before is None or after is None:
+            return None
+        touched |= set(before) ^ set(after)
+    return touched
+
+
+def rescan(
+    old: Snapshot,
+    targets: set[Target],
+    *,
+    roots: list[str],
+    current: dict[str, RootLayout],
+    discover: Callable[[str, dict[str, RootLayout]], RootLayout],
+    options: ScanOptions,
+    started: float,
+) -> tuple[Snapshot, dict[str, RootLayout]]:
+    """Rescan ``targets`` of ``old`` and re-account every other tree; the new Snapshot and layouts.
+
+    ``current`` are the layouts ``old`` was made with; ``discover`` re-discovers one root (``""``, the
+    envs outside any root, last, as it needs the others); ``started`` is a ``time.monotonic()``.
+    """
+    rediscover = {t.root for t in targets if t.kind == "root" and t.root in roots}
+    layouts = dict(current)
+    for root in sorted(rediscover, key=lambda r: r == ""):  # "" last: it needs the others
+        layouts[root] = discover(root, layouts)
+    envs_now = {e.prefix: e for r in roots for e in layouts[r].envs}
+    old_envs = {e.prefix: e for e in old.envs}
+    rescan_envs = {t.path for t in targets if t.kind == "env" and t.path in envs_now}
+    rescan_envs |= set(envs_now) - set(old_envs)
+    removed_envs = set(old_envs) - set(envs_now)
+    env_roots = {envs_now[p].root for p in rescan_envs} | {old_envs[p].root for p in removed_envs}
+    if "" in env_roots:  # envs outside roots link from the roots' caches too
+        env_roots |= {r for r in roots if r}
+    old_pkgs = {p.path: p for p in old.pkgs}
+    new_envs = {p: measure_env(envs_now[p], options) for p in sorted(rescan_envs)}
+    touched = _touched_entries(old_envs, new_envs, rescan_envs | removed_envs)
+    whole = {(t.root, t.path) for t in targets if t.kind == "pkgs"}
+    partial: dict[tuple[str, str], set[int]] = {}  # (root, cache) -> indexes of chunks to walk again
+    for root in sorted(env_roots):
+        for pkgs_dir in layouts[root].pkgs_dirs:
+            known = old_pkgs[pkgs_dir].chunks if pkgs_dir in old_pkgs else ()
+            wanted = _chunks_holding(known, pkgs_dir, touched)
+            if wanted is None:
+                whole.add((root, pkgs_dir))
+            elif wanted:
+                partial[(root, pkgs_dir)] = wanted
+    whole = {(r, d) for r, d in whole if d in layouts[r].pkgs_dirs}
+
+    new_pkgs = {d: measure_cache(r, d, options) for r, d in sorted(whole)}
+    old_tables = [c.usage.shared for d in new_pkgs if d in old_pkgs for c in old_pkgs[d].chunks]
+    new_tables = [c.usage.shared for chunks in new_pkgs.values() for c in chunks]
+    replaced: dict[str, dict[int, PkgsChunk]] = {}  # cache -> chunk index -> the chunk walked again
+    for (_root, pkgs_dir), indexes in sorted(partial.items()):
+        if pkgs_dir in new_pkgs:
+            continue
+        for i in sorted(indexes):
+            before_chunk = old_pkgs[pkgs_dir].chunks[i]
+            after_chunk = remeasure_chunk(before_chunk, options)
+            replaced.setdefault(pkgs_dir, {})[i] = after_chunk
+            old_tables.append(before_chunk.usage.shared)
+            new_tables.append(after_chunk.usage.shared)
+    new_rest = {r: measure_rest(layouts[r], options) for r in sorted(rediscover)}
+    old_rest = dict(old.rest)
+
+    old_tables += [old_envs[p].usage.shared for p in rescan_envs | removed_envs if p in old_envs]
+    old_tables += [old_rest[r].shared for r in new_rest if r in old_rest]
+    new_tables += [e.usage.shared for e in new_envs.values()]
+    new_tables += [u.shared for u in new_rest.values() if u is not None]
+    deltas = link_delta(old_tables, new_tables)
+
+    def settle(usage: TreeUsage) -> TreeUsage:
+        return apply_link_delta(usage, deltas) if deltas else usage
+
+    parts: list[RootParts] = []
+    for root in roots:
+        layout = layouts[root]
+        envs = tuple(
+            new_envs[e.prefix] if e.prefix in new_envs else replace(
+                old_envs[e.prefix], usage=settle(old_envs[e.prefix].usage))
+            for e in layout.envs
+            if e.prefix in new_envs or e.prefix in old_envs
+        )
+        caches: list[CacheParts] = []
+        for pkgs_dir in layout.pkgs_dirs:
+            if pkgs_dir in new_pkgs:
+                caches.append(CacheParts(pkgs_dir, tuple(new_pkgs[pkgs_dir])))
+            elif pkgs_dir in old_pkgs:
+                walked_again = replaced.get(pkgs_dir, {})
+                before = old_pkgs[pkgs_dir]
+                chunks = tuple(
+                    walked_again[i] if i in walked_again else replace(c, usage=settle(c.usage))
+                    for i, c in enumerate(before.chunks)
+                )
+                caches.append(CacheParts(pkgs_dir, chunks, before))
+        rest_usage = new_rest[root] if root in new_rest else old_rest.get(root)
+        if rest_usage is not None and root not in new_rest:
+            rest_usage = settle(rest_usage)
+        parts.append(RootParts(layout, envs, tuple(caches), (rest_usage,) if rest_usage is not None else ()))
+
+    errors: list[WalkError] = [e for u in new_envs.values() for e in u.usage.errors]
+    errors += [e for chunks in new_pkgs.values() for c in chunks for e in c.usage.errors]
+    errors += [e for chunks in replaced.values() for c in chunks.values() for e in c.usage.errors]
+    errors += [e for u in new_rest.values() if u is not None for e in u.errors]
+    snapshot = assemble(parts, errors, started, previous=old)
+    log.info(
+        "rescanned %d env(s), %d whole cache(s), %d cache chunk(s), %d root(s), dropped %d env(s) in %.3f s",
+        len(new_envs), len(new_pkgs), sum(map(len, replaced.values())), len(new_rest), len(removed_envs),
+        snapshot.duration_seconds,
+    )
+    return snapshot, layouts

@@ -1,0 +1,165 @@
+"""Daemon, change targets: which directories to watch, what a change in each means, and how to see it.
+
+Never a recursive watch (shared/FACTS.md: on a big root it costs ~100k watches and, with watchdog's
+default mask, drowns in queue overflows). Per root we watch only where installers write on every
+transaction: the root dir, ``envs/``, ``pkgs/``, each env's ``conda-meta/`` and
+``lib/python*/site-packages`` (pip), plus each not-yet-env dir of ``envs/`` (to see ``conda-meta/``
+appear). Each change maps to a :class:`Target`: an env to rescan, a package cache to rescan, or a root
+to re-discover. The same map drives inotify (:mod:`exporter.daemon.inotify`) and polling
+(:func:`fingerprints`), where inotify cannot work.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from exporter.discover.roots import RootLayout
+
+__all__ = [
+    "NETWORK_FILESYSTEMS",
+    "Fingerprint",
+    "Target",
+    "WatchSpec",
+    "filesystem_type",
+    "fingerprints",
+    "site_packages_dirs",
+    "stamp",
+    "watch_specs",
+]
+
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "ceph", "glusterfs", "lustre", "gpfs", "beegfs",
+     "9p", "fuse.sshfs", "fuse.glusterfs", "fuse.cephfs", "fuse.s3fs", "fuse.rclone", "davfs", "fuse.davfs2"}
+)
+"""Filesystem types (``/proc/self/mountinfo``) whose changes by other hosts inotify cannot see."""
+
+
+@dataclass(frozen=True, order=True)
+class Target:
+    """Something to bring up to date: ``env`` (``path`` is its prefix), ``pkgs`` (a cache dir) or
+    ``root`` (re-discover the root at ``path``: envs may have appeared or gone)."""
+
+    kind: Literal["env", "pkgs", "root"]
+    path: str
+    root: str
+
+
+Role = Literal["root", "envs", "candidate", "pkgs", "meta", "site"]
+
+
+@dataclass(frozen=True)
+class WatchSpec:
+    """One watched directory, what it is in its root, and (for meta/site) the env ``prefix``."""
+
+    path: str
+    role: Role
+    root: str
+    prefix: str = ""
+
+    def targets(self, name: str) -> list[Target]:
+        """What a change of the entry ``name`` in this directory ("" for the directory itself) affects."""
+        if self.role == "root":
+            if name in ("envs", "pkgs", "conda-meta", ""):
+                return [Target("root", self.root, self.root)]
+            return [Target("env", self.root, self.root)]
+        if self.role == "envs":
+            found = [Target("root", self.root, self.root)]
+            if name:
+                found.append(Target("env", os.path.join(self.path, name), self.root))
+            return found
+        if self.role == "candidate":
+            return [Target("root", self.root, self.root)]
+        if self.role == "pkgs":
+            return [Target("pkgs", self.path, self.root)]
+        return [Target("env", self.prefix, self.root)]
+
+
+def site_packages_dirs(prefix: str) -> list[str]:
+    """``PREFIX/lib/python*/site-packages`` directories that exist (symlinks excluded).
+
+    Names are matched before anything is stat'ed: ``lib/`` of an env holds thousands of entries, and
+    a glob would test each one for being a directory."""
+    lib = os.path.join(prefix, "lib")
+    try:
+        names = [entry.name for entry in os.scandir(lib) if entry.name.startswith("python")]
+    except OSError:
+        return []
+    found = (os.path.join(lib, name, "site-packages") for name in names)
+    return sorted(p for p in found if os.path.isdir(p) and not os.path.islink(p))
+
+
+def watch_specs(
+    layouts: Iterable[RootLayout], site_dirs: Callable[[str], list[str]] = site_packages_dirs
+) -> dict[str, WatchSpec]:
+    """Every directory to watch for ``layouts``, by path. ``site_dirs`` lists an env's site-packages
+    directories (the daemon passes a memo of :func:`site_packages_dirs`)."""
+    specs: dict[str, WatchSpec] = {}
+
+    def add(spec: WatchSpec) -> None:
+        specs.setdefault(spec.path, spec)
+
+    for layout in layouts:
+        root = layout.path
+        add(WatchSpec(root, "root", root))
+        if layout.envs_container:
+            add(WatchSpec(layout.envs_container, "envs", root))
+        for pkgs_dir in layout.pkgs_dirs:
+            add(WatchSpec(pkgs_dir, "pkgs", root))
+        for ignored in layout.ignored_dirs:
+            add(WatchSpec(ignored, "candidate", root))
+        for env in layout.envs:
+            add(WatchSpec(os.path.join(env.prefix, "conda-meta"), "meta", root, env.prefix))
+            for site in site_dirs(env.prefix):
+                add(WatchSpec(site, "site", root, env.prefix))
+    return specs
+
+
+def stamp(path: str) -> tuple[int, int]:
+    """``(st_mtime_ns, st_ino)`` of ``path``, ``(0, 0)`` when it cannot be stat'ed."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return (0, 0)
+    return (st.st_mtime_ns, st.st_ino)
+
+
+Fingerprint = tuple[tuple[int, int], ...]
+"""A target's ``(mtime_ns, ino)`` stamps, one per watched dir (see :func:`fingerprints`)."""
+
+
+def fingerprints(specs: Iterable[WatchSpec]) -> dict[Target, Fingerprint]:
+    """Poll-mode fingerprints: per target, ``(mtime_ns, ino)`` of its watched dirs (and of each env's
+    ``conda-meta/history``). A changed fingerprint means the target changed. Cost: one ``lstat`` per
+    watched dir, ~5 µs each."""
+    stamps: dict[Target, list[tuple[int, int]]] = {}
+    for spec in sorted(specs, key=lambda s: s.path):
+        here = stamp(spec.path)
+        for target in spec.targets(""):
+            stamps.setdefault(target, []).append(here)
+        if spec.role == "meta":
+            target = Target("env", spec.prefix, spec.root)
+            stamps.setdefault(target, []).append(stamp(os.path.join(spec.path, "history")))
+    return {target: tuple(values) for target, values in stamps.items()}
+
+
+def filesystem_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str:
+    """Type of the filesystem holding ``path`` (longest mount point prefix), "" if unknown."""
+    best, fstype = "", ""
+    try:
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5:
+            continue
+        mount_point = fields[4].encode().decode("unicode_escape")
+        inside = path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
+            best, fstype = mount_point, right.split()[0]
+    return fstype

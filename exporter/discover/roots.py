@@ -1,0 +1,283 @@
+"""Discover step: find conda roots and lay out what in them is an env, a package cache, or neither.
+
+A *root* is a conda installation directory. The root itself is the ``base`` env (when it has
+``conda-meta/``), ``ROOT/envs/<name>/`` are named envs (a directory there without ``conda-meta/`` is
+*ignored* and reported, never counted as an env) and ``ROOT/pkgs/`` is the package cache.
+Discovery only lists directories; it reads no file contents and never follows symlinks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import stat
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from exporter.discover.condarc import CondaDirs, read_conda_dirs
+from exporter.model import METADATA_DIR
+
+__all__ = [
+    "Discovery",
+    "EnvLocation",
+    "RootLayout",
+    "RootNotFoundError",
+    "detect_roots",
+    "discover_external",
+    "discover_root",
+    "environments_txt_prefixes",
+    "label_value",
+]
+
+log = logging.getLogger(__name__)
+
+BASE_ENV_NAME = "base"
+# Where installers put a root when nobody says otherwise, relative to $HOME, then absolute.
+HOME_CANDIDATES = ("miniconda3", "anaconda3", "miniforge3", "mambaforge", "micromamba")
+PIXI_ENVS = os.path.join(".pixi", "envs")
+SYSTEM_CANDIDATES = ("/opt/conda", "/opt/miniconda3", "/opt/miniforge3", "/opt/anaconda3")
+
+
+class RootNotFoundError(Exception):
+    """A root that was asked for does not exist or does not look like a conda installation."""
+
+
+@dataclass(frozen=True)
+class EnvLocation:
+    """One environment: ``name`` is ``base`` for the root env, else the directory name under ``envs/``."""
+
+    root: str
+    name: str
+    prefix: str
+    # Absolute directory paths left out of this env's walk (the base env's envs/ and pkgs/).
+    exclude: frozenset[str] = frozenset()
+    # Package caches the env's packages may have come from (to tell copies from conda's records).
+    pkgs_dirs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RootLayout:
+    """What one root holds. ``envs_container`` is ``ROOT/envs`` when it exists."""
+
+    path: str
+    envs: tuple[EnvLocation, ...]
+    pkgs_dirs: tuple[str, ...]
+    envs_container: str | None
+    ignored_dirs: tuple[str, ...]
+
+
+def label_value(name: str) -> str:
+    """Make a file name safe for a label value: valid UTF-8, undecodable bytes shown as ``\\xNN``.
+
+    File names come in as ``str`` with undecodable bytes as surrogates (``os.fsdecode``); quotes,
+    backslashes and newlines are escaped later by the exposition format itself.
+    """
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _is_dir(path: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def looks_like_root(path: str) -> bool:
+    """True when ``path`` holds any of ``conda-meta/``, ``envs/`` or ``pkgs/`` (a micromamba root may
+    have no base env)."""
+    return any(_is_dir(os.path.join(path, part)) for part in ("conda-meta", "envs", "pkgs", PIXI_ENVS))
+
+
+def _root_of_prefix(prefix: str) -> str:
+    """The root an activated prefix belongs to: ``R/envs/x`` -> ``R``, a base prefix -> itself."""
+    parent = os.path.dirname(prefix.rstrip("/"))
+    if os.path.basename(parent) == "envs":
+        return os.path.dirname(parent)
+    return prefix
+
+
+def detect_roots(environ: Mapping[str, str], home: str | None) -> list[str]:
+    """Auto-detect roots: ``$CONDA_ROOT``, ``$CONDA_PREFIX``, ``$MAMBA_ROOT_PREFIX``, ``$CONDA_EXE``,
+    then the usual install locations. Returns existing, de-duplicated absolute paths, in that order."""
+    candidates: list[str] = []
+    if environ.get("CONDA_ROOT"):
+        candidates.append(environ["CONDA_ROOT"])
+    if environ.get("CONDA_PREFIX"):
+        candidates.append(_root_of_prefix(environ["CONDA_PREFIX"]))
+    if environ.get("MAMBA_ROOT_PREFIX"):
+        candidates.append(environ["MAMBA_ROOT_PREFIX"])
+    if environ.get("CONDA_EXE"):  # ROOT/bin/conda or ROOT/condabin/conda
+        candidates.append(os.path.dirname(os.path.dirname(environ["CONDA_EXE"])))
+    if home:
+        candidates.extend(os.path.join(home, name) for name in HOME_CANDIDATES)
+    candidates.extend(SYSTEM_CANDIDATES)
+    return _unique_existing_roots(candidates)
+
+
+def _unique_existing_roots(candidates: Iterable[str]) -> list[str]:
+    seen: set[str] = set()
+    roots: list[str] = []
+    for candidate in candidates:
+        path = os.path.realpath(candidate)
+        if path in seen or not looks_like_root(path):
+            continue
+        seen.add(path)
+        roots.append(path)
+    return roots
+
+
+def validate_roots(paths: Iterable[str | Path]) -> list[str]:
+    """Resolve roots that were asked for explicitly; raise :class:`RootNotFoundError` for a bad one."""
+    roots: list[str] = []
+    for given in paths:
+        path = os.path.realpath(os.fspath(given))
+        if not os.path.isdir(path):
+            raise RootNotFoundError(f"conda root {os.fspath(given)!r} does not exist or is not a directory")
+        if not looks_like_root(path):
+            raise RootNotFoundError(
+                f"{os.fspath(given)!r} is not a conda root: it has none of conda-meta/, envs/, pkgs/, .pixi/envs/"
+            )
+        if path not in roots:
+            roots.append(path)
+    return roots
+
+
+def _list_envs(container: str, root: str, pkgs_dirs: tuple[str, ...]) -> tuple[list[EnvLocation], list[str]]:
+    """Envs (dirs with conda-meta/) and ignored dirs directly inside ``container``."""
+    envs: list[EnvLocation] = []
+    ignored: list[str] = []
+    try:
+        with os.scandir(container) as entries:
+            children = sorted(entries, key=lambda e: e.name)
+    except OSError as exc:
+        log.warning("cannot list envs dir %r: %s", container, exc.strerror)
+        return envs, ignored
+    for entry in children:
+        prefix = os.path.join(container, entry.name)
+        if not entry.is_dir(follow_symlinks=False):
+            continue  # stray files and symlinks are counted by the root total only
+        if _is_dir(os.path.join(prefix, "conda-meta")):
+            envs.append(EnvLocation(root=root, name=entry.name, prefix=prefix, pkgs_dirs=pkgs_dirs))
+        else:
+            ignored.append(prefix)
+    return envs, ignored
+
+
+def _inside(path: str, root: str) -> bool:
+    return path.startswith(root.rstrip("/") + "/")
+
+
+def discover_root(
+    root: str, environ: Mapping[str, str] | None = None, home: str | None = None
+) -> RootLayout:
+    """List the envs and package caches of ``root`` (an absolute, resolved path).
+
+    Besides ``ROOT/envs`` and ``ROOT/pkgs`` this takes the ``envs_dirs`` and ``pkgs_dirs`` that conda's
+    configuration names (``.condarc`` files, ``CONDA_ENVS_PATH``, ``CONDA_PKGS_DIRS``; read from
+    ``environ`` and ``home``, by default the process's), and a pixi project's ``.pixi/envs`` with the
+    rattler package cache. A prefix met twice (say ``envs_dirs`` naming ``ROOT/envs``) counts once.
+    """
+    environ = os.environ if environ is None else environ
+    home = environ.get("HOME") if home is None else home
+    configured = read_conda_dirs(root, home, environ)
+    envs_container = os.path.join(root, "envs")
+    if not _is_dir(envs_container) and _is_dir(os.path.join(root, PIXI_ENVS)):
+        envs_container = os.path.join(root, PIXI_ENVS)
+        configured = CondaDirs(configured.envs_dirs, (*configured.pkgs_dirs, *_rattler_cache(home)))
+    has_envs = _is_dir(envs_container)
+    pkgs_dirs = tuple(
+        dict.fromkeys(os.path.realpath(p) for p in (os.path.join(root, "pkgs"), *configured.pkgs_dirs) if _is_dir(p))
+    )
+
+    envs: list[EnvLocation] = []
+    ignored: list[str] = []
+    containers = [envs_container] if has_envs else []
+    containers += [os.path.realpath(d) for d in configured.envs_dirs if _is_dir(d)]
+    for container in dict.fromkeys(containers):
+        found, skipped = _list_envs(container, root, pkgs_dirs)
+        envs += found
+        ignored += skipped
+    for path in ignored:
+        log.info("ignoring %r: a directory in an envs dir without conda-meta/ is not an environment", path)
+    envs = list({os.path.realpath(e.prefix): e for e in envs}.values())
+
+    if _is_dir(os.path.join(root, METADATA_DIR)):
+        nested = [p for p in (*containers, *pkgs_dirs) if _inside(p, root)]
+        nested += [e.prefix for e in envs if _inside(e.prefix, root)]
+        base = EnvLocation(root=root, name=BASE_ENV_NAME, prefix=root, exclude=frozenset(nested), pkgs_dirs=pkgs_dirs)
+        envs.insert(0, base)
+
+    return RootLayout(
+        path=root,
+        envs=tuple(envs),
+        pkgs_dirs=pkgs_dirs,
+        envs_container=envs_container if has_envs else None,
+        ignored_dirs=tuple(ignored),
+    )
+
+
+def _rattler_cache(home: str | None) -> tuple[str, ...]:
+    """pixi's package cache (rattler's), when this user has one."""
+    if not home:
+        return ()
+    cache = os.path.join(home, ".cache", "rattler", "cache", "pkgs")
+    return (cache,) if _is_dir(cache) else ()
+
+
+def environments_txt_prefixes() -> list[str]:
+    """Prefixes listed in ``~/.conda/environments.txt`` of every user of the machine (conda records
+    there each env it creates). Unreadable files are skipped; stale entries are left to the caller."""
+    prefixes: list[str] = []
+    for user in pwd.getpwall():
+        path = os.path.join(user.pw_dir, ".conda", "environments.txt")
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+                prefixes += [line.strip() for line in handle if line.strip() and not line.startswith("#")]
+        except OSError:
+            continue
+    return prefixes
+
+
+def discover_external(prefixes: Iterable[str], known: Iterable[RootLayout]) -> RootLayout | None:
+    """Envs given one by one (``--env``, ``environments.txt``) that no root already holds, as a layout
+    whose ``path`` is ``""`` (its envs get the ``root=""`` label). Missing or non-env prefixes are
+    logged and skipped. ``None`` when nothing is left."""
+    seen = {os.path.realpath(e.prefix) for layout in known for e in layout.envs}
+    pkgs_dirs = tuple(dict.fromkeys(d for layout in known for d in layout.pkgs_dirs))
+    envs: list[EnvLocation] = []
+    for given in prefixes:
+        prefix = os.path.realpath(given)
+        if prefix in seen:
+            continue
+        seen.add(prefix)
+        if not _is_dir(os.path.join(prefix, METADATA_DIR)):
+            log.info("skipping env %r: no such directory, or it has no conda-meta/", given)
+            continue
+        envs.append(EnvLocation(root="", name=os.path.basename(prefix), prefix=prefix, pkgs_dirs=pkgs_dirs))
+    if not envs:
+        return None
+    return RootLayout(path="", envs=tuple(envs), pkgs_dirs=(), envs_container=None, ignored_dirs=())
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """Everything discovery was told: roots, single envs, and whether to read environments.txt."""
+
+    roots: tuple[str, ...]
+    extra_envs: tuple[str, ...] = ()
+    environments_txt: bool = False
+
+    def extra_prefixes(self) -> list[str]:
+        """Env prefixes given one by one, and those of environments.txt when asked (read now)."""
+        prefixes = list(self.extra_envs)
+        if self.environments_txt:
+            prefixes += environments_txt_prefixes()
+        return prefixes
+
+    def layouts(self) -> list[RootLayout]:
+        """One layout per root, then one (``path == ""``) for the envs no root holds, if any."""
+        layouts = [discover_root(root) for root in self.roots]
+        external = discover_external(self.extra_prefixes(), layouts)
+        return [*layouts, external] if external else layouts

@@ -1,0 +1,132 @@
+"""The exporter's own health: scans, errors, build."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from exporter import __version__
+from exporter.scan import walk
+from exporter.snapshot.store import DURATION_BUCKETS, SnapshotStore
+
+ERROR_KINDS = ("permission", "vanished", "io", "metadata")
+
+BUILD_INFO = "conda_exporter_build_info"
+BUILD_INFO_HELP = (
+    "Always 1; labels give the exporter's version, the Python version and the walker in use "
+    "(native: the C extension; python: the fallback where it could not be built, about 3x slower)."
+)
+LAST_SUCCESS = "conda_exporter_last_scan_success"
+LAST_SUCCESS_HELP = "1 if the last scan completed, else 0 (the previous results stay served)."
+LAST_SUCCESS_TIME = "conda_exporter_last_scan_success_timestamp_seconds"
+LAST_SUCCESS_TIME_HELP = "Unix time at which the last successful scan completed."
+LAST_DURATION = "conda_exporter_last_scan_duration_seconds"
+LAST_DURATION_HELP = "Wall time of the last full scan."
+SCAN_ERRORS = "conda_exporter_scan_errors"
+SCAN_ERRORS_HELP = "Paths that scans could not read, by kind (permission, vanished, io, metadata)."
+SCANS = "conda_exporter_scans"
+SCANS_HELP = "Scans run, by trigger (startup, event, poll, reconcile, state) and result."
+WATCH_MODES = ("inotify", "poll")
+SELF_GAUGES = {
+    "conda_exporter_watches": "Directories watched with inotify now.",
+    "conda_exporter_watch_limit_reached": "1 if the kernel refused a watch (inotify limits) and polling took over.",
+    "conda_exporter_results_verified": "0 while serving numbers loaded from the state file that no scan confirmed yet.",
+}
+OLDEST_AGE = "conda_exporter_oldest_result_age_seconds"
+OLDEST_AGE_HELP = "Age of the oldest env result served (now minus its scan time)."
+STATE_LOADED = "conda_exporter_state_loaded"
+STATE_LOADED_HELP = (
+    "1 for how loading the state file at start went: ok, missing, corrupt, version (another format) or "
+    "roots (written for other roots); no series without --state.file."
+)
+STATE_RESULTS = ("ok", "missing", "corrupt", "version", "roots")
+ENVS = "conda_exporter_envs"
+ENVS_HELP = "Environments in the latest snapshot, over all roots."
+
+
+class ExporterCollector(Collector):
+    """Renders the exporter's self-metrics that change only with the store (see ``store.version``)."""
+
+    def __init__(self, store: SnapshotStore) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        health = self._store.health()
+        snapshot = self._store.snapshot
+
+        build = GaugeMetricFamily(BUILD_INFO, BUILD_INFO_HELP, labels=("version", "python_version", "walker"))
+        build.add_metric((__version__, platform.python_version(), walk.WALKER), 1)
+        yield build
+        yield GaugeMetricFamily(LAST_SUCCESS, LAST_SUCCESS_HELP, value=1 if health.last_success else 0)
+        yield GaugeMetricFamily(LAST_SUCCESS_TIME, LAST_SUCCESS_TIME_HELP, value=health.last_success_at)
+        yield GaugeMetricFamily(LAST_DURATION, LAST_DURATION_HELP, value=health.last_duration_seconds)
+
+        errors = CounterMetricFamily(SCAN_ERRORS, SCAN_ERRORS_HELP, labels=("kind",))
+        for kind in ERROR_KINDS:  # every kind always present, so rate() works from the first error on
+            errors.add_metric((kind,), health.errors_total.get(kind, 0))
+        yield errors
+
+        scans = CounterMetricFamily(SCANS, SCANS_HELP, labels=("trigger", "result"))
+        for (trigger, result), count in sorted(health.scans_total.items()):
+            scans.add_metric((trigger, result), count)
+        yield scans
+
+        yield GaugeMetricFamily(ENVS, ENVS_HELP, value=len(snapshot.envs) if snapshot else 0)
+
+        durations = HistogramMetricFamily(
+            "conda_exporter_scan_duration_seconds", "Wall time of scans, by trigger.", labels=("trigger",)
+        )
+        for trigger, counts in sorted(health.duration_buckets.items()):
+            bounds = [*(str(b) for b in DURATION_BUCKETS), "+Inf"]
+            durations.add_metric(
+                (trigger,), list(zip(bounds, (float(c) for c in counts), strict=True)), health.duration_sum[trigger]
+            )
+        yield durations
+        mode = GaugeMetricFamily(
+            "conda_exporter_watch_mode", "1 for the active change detection mode (inotify or poll).", labels=("mode",)
+        )
+        for name in WATCH_MODES:
+            mode.add_metric((name,), 1 if health.watch_mode == name else 0)
+        yield mode
+        yield CounterMetricFamily(
+            "conda_exporter_events", "Filesystem events received from inotify.", value=health.events_total
+        )
+        yield CounterMetricFamily(
+            "conda_exporter_queue_overflows",
+            "Times the kernel's inotify queue overflowed (events lost; a reconcile scan follows).",
+            value=health.queue_overflows_total,
+        )
+        values = {
+            "conda_exporter_watches": health.watches,
+            "conda_exporter_watch_limit_reached": 1 if health.watch_limit_reached else 0,
+            "conda_exporter_results_verified": 1 if health.results_verified else 0,
+        }
+        for name, help_text in SELF_GAUGES.items():
+            yield GaugeMetricFamily(name, help_text, value=values[name])
+        state = GaugeMetricFamily(STATE_LOADED, STATE_LOADED_HELP, labels=("result",))
+        if health.state_loaded:  # no series without a state file
+            for result in STATE_RESULTS:
+                state.add_metric((result,), 1 if health.state_loaded == result else 0)
+        yield state
+
+
+class ResultAgeCollector(Collector):
+    """The one self-metric that moves with the clock, apart so the rest can be rendered once per change."""
+
+    def __init__(self, store: SnapshotStore) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(OLDEST_AGE, OLDEST_AGE_HELP, value=oldest_result_age(self._store, time.time()))
+
+
+def oldest_result_age(store: SnapshotStore, now: float) -> float:
+    """Seconds since the least recently computed env result at Unix time ``now`` (0 without envs)."""
+    snapshot = store.snapshot
+    oldest = snapshot.oldest_scanned_at if snapshot else None
+    return max(0.0, now - oldest) if oldest is not None else 0.0

@@ -1,0 +1,277 @@
+"""HTTP front: ``/metrics`` from the latest snapshot, ``/healthz``, ``/readyz`` and a landing page.
+
+A scrape renders the snapshot held in memory; it never triggers or waits for a scan.
+
+The server speaks the small part of HTTP/1.x a scraper needs: ``GET`` and ``HEAD`` of a path, a
+bounded request head, one response per connection (``Connection: close``). It is not wsgiref: with
+hundreds of envs and many scrapers at once, wsgiref's header parsing (the e-mail parser) and WSGI
+plumbing were half of a scrape's CPU, and on two cores under a full scan that CPU is the latency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import logging
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import urlsplit
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from exporter import __version__
+from exporter.expose.exposition import ExpositionCache
+from exporter.expose.gzipstream import accepts_gzip
+from exporter.snapshot.store import SnapshotStore
+
+__all__ = ["App", "MetricsServer", "Response", "make_app"]
+
+log = logging.getLogger(__name__)
+
+LANDING_PAGE = """<!DOCTYPE html>
+<html><head><title>conda-env-exporter</title></head>
+<body>
+<h1>conda-env-exporter</h1>
+<p>Hardlink-aware disk usage of conda environments. Version {version}.</p>
+<ul>
+<li><a href="{metrics}">{metrics}</a>: metrics</li>
+<li><a href="/healthz">/healthz</a>: process alive</li>
+<li><a href="/readyz">/readyz</a>: first scan done</li>
+</ul>
+</body></html>
+"""
+
+PLAIN = "text/plain; charset=utf-8"
+GZIP_HEADERS = (("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding"))
+# Request head limits: a scraper sends a request line and a handful of short headers.
+MAX_HEAD_BYTES = 16384
+MAX_LINE_BYTES = 8192
+MAX_HEADERS = 100
+# Threads serving connections. A fixed pool instead of a thread per request: starting a thread costs a
+# handoff to a new OS thread, which under a full scan's load on two cores was most of a request's
+# latency. More threads than this would only wait for the GIL.
+HTTP_THREADS = 8
+# Seconds a client has to send its request head, and then to take the response: a slow or silent
+# client loses its serving thread after that.
+SOCKET_TIMEOUT_SECONDS = 10.0
+# Accepted connections waiting for a serving thread; beyond this, new ones get 503 at once rather
+# than piling up (each holds a file descriptor).
+MAX_WAITING = 64
+
+
+@dataclass(frozen=True)
+class Response:
+    """What to answer: status, ``Content-Type`` and body (sent without it for ``HEAD``)."""
+
+    status: HTTPStatus
+    content_type: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+App = Callable[[str, Mapping[str, str]], Response]
+"""Answers a ``GET`` of a path (query string removed) given the request headers (names lower-case)."""
+
+
+def _plain(status: HTTPStatus, text: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    return Response(status, PLAIN, text.encode(), headers)
+
+
+def make_app(store: SnapshotStore, telemetry_path: str) -> App:
+    """The application serving every endpoint."""
+    exposition = ExpositionCache(store)
+    landing = LANDING_PAGE.format(version=html.escape(__version__), metrics=html.escape(telemetry_path)).encode()
+
+    def app(path: str, headers: Mapping[str, str]) -> Response:
+        if path == telemetry_path:
+            gzip = accepts_gzip(headers.get("accept-encoding", ""))  # Prometheus asks for it
+            extra = GZIP_HEADERS if gzip else (("Vary", "Accept-Encoding"),)
+            return Response(HTTPStatus.OK, CONTENT_TYPE_LATEST, exposition.render(gzip=gzip), extra)
+        if path == "/healthz":
+            return _plain(HTTPStatus.OK, "ok\n")
+        if path == "/readyz":
+            if store.ready:
+                return _plain(HTTPStatus.OK, "ready\n")
+            return _plain(HTTPStatus.SERVICE_UNAVAILABLE, "first scan not finished\n")
+        if path == "/":
+            return Response(HTTPStatus.OK, "text/html; charset=utf-8", landing)
+        return _plain(HTTPStatus.NOT_FOUND, "not found\n")
+
+    return app
+
+
+class _BadRequestError(Exception):
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
+    """Method, path and headers (names lower-case) of a request head, without its blank line."""
+    lines = [line.removesuffix(b"\r") for line in head.split(b"\n")]
+    if any(len(line) > MAX_LINE_BYTES for line in lines):
+        raise _BadRequestError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request line or header too long\n")
+    if len(lines) - 1 > MAX_HEADERS:
+        raise _BadRequestError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "too many headers\n")
+    parts = lines[0].decode("latin-1").split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise _BadRequestError(HTTPStatus.BAD_REQUEST, "malformed request line\n")
+    method, target, _version = parts
+    try:
+        path = urlsplit(target).path
+    except ValueError:
+        raise _BadRequestError(HTTPStatus.BAD_REQUEST, "malformed request target\n") from None
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, colon, value = line.decode("latin-1").partition(":")
+        if not colon or not name.strip():
+            raise _BadRequestError(HTTPStatus.BAD_REQUEST, "malformed header\n")
+        headers[name.strip().lower()] = value.strip()
+    return method, path, headers
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    """One request per connection: read its head within a deadline, answer, close."""
+
+    request: socket.socket
+    server: _Server
+
+    def _receive_head(self) -> bytes:
+        """The request head up to its blank line, all of it received within SOCKET_TIMEOUT_SECONDS
+        however slowly the client trickles it: a per-recv timeout alone would let a client sending a
+        byte every few seconds hold a serving thread for ever."""
+        deadline = time.monotonic() + SOCKET_TIMEOUT_SECONDS
+        data = b""
+        while True:
+            ends = [i for i in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if i >= 0]
+            if ends:
+                return data[: min(ends)]
+            if len(data) > MAX_HEAD_BYTES:
+                raise _BadRequestError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too long\n")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("request head not received in time")
+            self.request.settimeout(remaining)
+            chunk = self.request.recv(65536)
+            if not chunk:
+                raise ConnectionAbortedError("closed before the end of the request head")
+            data += chunk
+
+    def handle(self) -> None:
+        with_body = True
+        try:
+            head = self._receive_head()
+            with_body = not head.startswith(b"HEAD ")
+            method, path, headers = _parse_head(head)
+            if method not in ("GET", "HEAD"):
+                response = _plain(HTTPStatus.METHOD_NOT_ALLOWED, "only GET and HEAD\n", (("Allow", "GET, HEAD"),))
+            else:
+                response = self.server.app(path, headers)
+        except _BadRequestError as exc:
+            response = _plain(exc.status, str(exc))
+        except (TimeoutError, ConnectionError):
+            return  # the client went quiet or away: nobody to answer
+        except Exception:
+            log.exception("error answering a request")
+            response = _plain(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n")
+        with contextlib.suppress(TimeoutError, ConnectionError):  # the scraper gave up; it will scrape again
+            self._send_all(_encode(response, with_body))
+
+    def _send_all(self, data: bytes) -> None:
+        """Send ``data`` within SOCKET_TIMEOUT_SECONDS in all, however slowly the client reads."""
+        deadline = time.monotonic() + SOCKET_TIMEOUT_SECONDS
+        view = memoryview(data)
+        while view:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("response not taken in time")
+            self.request.settimeout(remaining)
+            view = view[self.request.send(view) :]
+
+
+def _encode(response: Response, with_body: bool) -> bytes:
+    lines = [
+        f"HTTP/1.1 {response.status.value} {response.status.phrase}",
+        f"Content-Type: {response.content_type}",
+        f"Content-Length: {len(response.body)}",
+        "Connection: close",
+        *(f"{name}: {value}" for name, value in response.headers),
+    ]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head + response.body if with_body else head
+
+
+class _Server(socketserver.TCPServer):
+    allow_reuse_address = True
+    # socketserver's default backlog of 5 drops connections when many scrapers arrive at once, and a
+    # dropped SYN is retried only after a second.
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], app: App) -> None:
+        self.app = app
+        self._pool = ThreadPoolExecutor(max_workers=HTTP_THREADS, thread_name_prefix="http-request")
+        self._waiting = 0  # accepted connections not yet answered (being served or queued)
+        self._waiting_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._waiting_lock:
+            busy = self._waiting >= HTTP_THREADS + MAX_WAITING
+            if not busy:
+                self._waiting += 1
+        if busy:
+            with contextlib.suppress(OSError):  # a fresh socket's send buffer is empty: this never blocks
+                request.setblocking(False)
+                request.send(_encode(_plain(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n"), True))
+            self.shutdown_request(request)
+            return
+        self._pool.submit(self._serve_one, request, client_address)
+
+    def _serve_one(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            with self._waiting_lock:
+                self._waiting -= 1
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("error serving %s", client_address)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _ServerV6(_Server):
+    address_family = socket.AF_INET6
+
+
+class MetricsServer:
+    """Serves ``app`` on ``host:port`` in a background thread; ``port`` 0 picks a free port, an empty
+    ``host`` means every IPv4 interface."""
+
+    def __init__(self, app: App, host: str, port: int) -> None:
+        server_class = _ServerV6 if ":" in host else _Server
+        self._server = server_class((host or "0.0.0.0", port), app)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

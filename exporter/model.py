@@ -1,0 +1,238 @@
+"""Result types shared by the stages, and the units they are in: what a scan hands to accounting, what
+accounting hands to the snapshot, and what the snapshot hands to the collectors and the daemon.
+
+Every type here is an immutable value (numpy columns are never written after construction). They live
+in one module so that no stage imports a later one: discover -> scan -> account -> snapshot -> expose,
+each importing only earlier stages and this module.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from exporter.config import Settings
+
+__all__ = [
+    "BLOCK_SIZE",
+    "METADATA_DIR",
+    "EnvContents",
+    "EnvUsage",
+    "PkgsChunk",
+    "PkgsUsage",
+    "RootUsage",
+    "ScanOptions",
+    "SharedInodes",
+    "Snapshot",
+    "TreeUsage",
+    "WalkError",
+]
+
+BLOCK_SIZE = 512
+"""Unit of ``st_blocks`` on Linux, whatever the filesystem's block size."""
+
+METADATA_DIR = "conda-meta"
+"""The directory that makes a directory a conda env, and holds its package records."""
+
+U64 = npt.NDArray[np.uint64]
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """How to scan: ``workers`` processes (1 = in this process), whether to descend into mounts, how
+    many biggest packages to report per env (0: none). Made from the settings, which hold the
+    defaults; ``nice`` is not a setting: the daemon raises it for reconcile scans."""
+
+    workers: int
+    cross_filesystems: bool
+    top_packages: int
+    # Added to the worker processes' nice value (reconcile scans run at low priority).
+    nice: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ScanOptions:
+        return cls(
+            workers=settings.scan_workers,
+            cross_filesystems=settings.scan_cross_filesystems,
+            top_packages=settings.collect_packages,
+        )
+
+
+@dataclass(frozen=True)
+class WalkError:
+    """Something the walk could not read. ``kind`` is one of ``permission``, ``vanished``, ``io``."""
+
+    kind: str
+    path: str
+    message: str
+
+
+@dataclass(frozen=True)
+class SharedInodes:
+    """Inodes of one tree that have links outside it, one row per inode, sorted by ``ino``.
+
+    ``found`` is the number of the inode's links inside the tree, ``nlink`` its ``st_nlink`` when
+    walked, ``blocks`` its ``st_blocks`` (512-byte units).
+    """
+
+    dev: int
+    ino: U64
+    nlink: U64
+    found: U64
+    blocks: U64
+
+    @classmethod
+    def empty(cls, dev: int = 0) -> SharedInodes:
+        none = np.zeros(0, dtype=np.uint64)
+        return cls(dev, none, none, none, none)
+
+    def __len__(self) -> int:
+        return int(self.ino.shape[0])
+
+
+@dataclass(frozen=True)
+class TreeUsage:
+    """Accounted usage of one tree (an env prefix or a package cache). Bytes are bytes.
+
+    ``unique_bytes`` + ``shared_bytes`` equals ``du -s -B1`` of the tree; ``apparent_bytes`` equals
+    ``du -s -b -l``; ``files`` counts non-directories (symlinks included), ``hardlinked_files`` those
+    whose inode has ``st_nlink > 1``.
+    """
+
+    path: str
+    dev: int
+    unique_bytes: int
+    shared_bytes: int
+    apparent_bytes: int
+    dirs: int
+    files: int
+    hardlinked_files: int
+    skipped_mounts: int
+    errors: tuple[WalkError, ...]
+    shared: SharedInodes
+
+
+@dataclass(frozen=True)
+class PkgsChunk:
+    """What one chunk of a package cache holds. Byte counts are allocated bytes."""
+
+    pkgs_dir: str
+    usage: TreeUsage
+    packages: int
+    unreferenced_packages: int
+    unreferenced_bytes: int
+    tarballs: int
+    tarball_bytes: int
+    index_cache_bytes: int = 0
+    leftover_bytes: int = 0
+    # What was walked, so that this chunk alone can be walked again.
+    package_dirs: tuple[str, ...] = ()
+    include_top: bool = False
+    all_package_dirs: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class EnvContents:
+    """What an env holds by conda's own records. Bytes are allocated bytes.
+
+    ``untracked_*``: non-directories no package record lists (pip installs, caches, user files;
+    ``conda-meta/`` itself excluded), each inode's bytes once. ``copied_bytes``: single-link regular
+    files a package installed as a copy (link type copy, or the package's cache entry still holds the
+    same path), prefix-rewritten files excluded. ``dedupable`` maps a package cache to the part of
+    ``copied_bytes`` whose cache entry still exists there: what re-linking would save.
+    ``last_transaction`` is the Unix time of ``conda-meta/history``'s last change, ``None`` without one.
+    """
+
+    packages: int = 0
+    untracked_bytes: int = 0
+    untracked_files: int = 0
+    copied_bytes: int = 0
+    dedupable: tuple[tuple[str, int], ...] = ()
+    owner: str = ""
+    python_version: str = ""
+    last_transaction: float | None = None
+    # (package name, allocated bytes of its paths in the env), biggest first; only with --collect.packages
+    top_packages: tuple[tuple[str, int], ...] = ()
+    # Cache entries (extracted package dirs) the env's records say its packages came from; None when
+    # some record does not say, and so any cache entry may be involved.
+    sources: tuple[str, ...] | None = ()
+
+
+@dataclass(frozen=True)
+class EnvUsage:
+    """One env's accounted usage; ``scanned_at`` is a Unix time in seconds."""
+
+    root: str
+    name: str
+    prefix: str
+    usage: TreeUsage
+    scanned_at: float
+    scan_seconds: float
+    contents: EnvContents = EnvContents()
+
+
+@dataclass(frozen=True)
+class PkgsUsage:
+    """One package cache, from its chunks. Bytes are allocated bytes, each inode counted once."""
+
+    root: str
+    path: str
+    bytes: int
+    apparent_bytes: int
+    packages: int
+    unreferenced_packages: int
+    unreferenced_bytes: int
+    tarballs: int
+    tarball_bytes: int
+    chunks: tuple[PkgsChunk, ...]
+    index_cache_bytes: int = 0
+    leftover_bytes: int = 0
+
+    @property
+    def errors(self) -> tuple[WalkError, ...]:
+        return tuple(e for c in self.chunks for e in c.usage.errors)
+
+
+@dataclass(frozen=True)
+class RootUsage:
+    """Totals of one root. ``bytes`` counts each inode of the whole installation once (``du -s``),
+    ``apparent_bytes`` every path (``du -s -b -l``); filesystem figures come from ``statvfs``."""
+
+    path: str
+    bytes: int
+    apparent_bytes: int
+    envs: int
+    ignored_dirs: int
+    filesystem_size_bytes: int
+    filesystem_avail_bytes: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one complete scan found. ``completed_at`` is a Unix time in seconds."""
+
+    roots: tuple[RootUsage, ...]
+    envs: tuple[EnvUsage, ...]
+    pkgs: tuple[PkgsUsage, ...]
+    completed_at: float
+    duration_seconds: float
+    errors: tuple[WalkError, ...] = ()
+    # Per root, the usage of what is neither an env nor a cache (ROOT/envs itself, non-env dirs in it),
+    # kept so that root totals can be recomputed after rescanning one env.
+    rest: tuple[tuple[str, TreeUsage], ...] = ()
+
+    def error_counts(self) -> Counter[str]:
+        return Counter(e.kind for e in self.errors)
+
+    @cached_property
+    def oldest_scanned_at(self) -> float | None:
+        """Unix time of the least recently computed env result, None without envs (computed once:
+        every scrape asks for it)."""
+        return min((e.scanned_at for e in self.envs), default=None)
+

@@ -1,0 +1,548 @@
+/*
+ * exporter.scan._walker: the per-path loop of exporter.scan.walk.walk_tree, in C.
+ *
+ * Same contract as the Python loop in walk.py (which stays as the fallback and the reference the tests
+ * compare both against an independent oracle): never follow symlinks, stay on one filesystem unless
+ * told otherwise, record errors and go on. The whole walk runs without the GIL, so the scanner's
+ * worker threads or processes overlap their stat calls; per path it does one fstatat(), which is what
+ * GNU du does, instead of building a Python DirEntry and stat_result.
+ *
+ * walk(top: bytes, dev: int, exclude: iterable[str], cross: bool,
+ *      files: sequence[sequence[str]] | None, relocated: sequence[iterable[str]],
+ *      cache_entries: sequence[str | None]) -> tuple
+ * walks the entries below `top` (the caller has counted `top` itself) and returns
+ * (dirs, files, hardlinked, apparent_bytes, private_blocks, skipped_mounts, untracked_files,
+ *  untracked_blocks, ino, nlink, blocks, errors, package_blocks, cached_single_blocks,
+ *  uncached_single_blocks): ino/nlink/blocks are native-endian uint64 bytes, errors a list of
+ * (errno, path: str), the last three lists of st_blocks per package index. The package arguments are
+ * exporter.scan.walk.Ownership's fields; with files None the walk does no per-path string work.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define METADATA_DIR "conda-meta"
+
+typedef struct {
+    uint64_t *data;
+    size_t len, cap;
+} u64vec;
+
+static int u64vec_push(u64vec *v, uint64_t x) {
+    if (v->len == v->cap) {
+        size_t cap = v->cap ? v->cap * 2 : 1024;
+        uint64_t *data = realloc(v->data, cap * sizeof(uint64_t));
+        if (!data) return -1;
+        v->data = data;
+        v->cap = cap;
+    }
+    v->data[v->len++] = x;
+    return 0;
+}
+
+/* An error the GIL-free walk leaves for the conversion to Python. */
+typedef struct {
+    char *path;
+    uint64_t number; /* errno */
+} item;
+
+typedef struct {
+    item *data;
+    size_t len, cap;
+} itemvec;
+
+static int itemvec_push(itemvec *v, const char *path, size_t len, uint64_t number) {
+    if (v->len == v->cap) {
+        size_t cap = v->cap ? v->cap * 2 : 64;
+        item *data = realloc(v->data, cap * sizeof(item));
+        if (!data) return -1;
+        v->data = data;
+        v->cap = cap;
+    }
+    char *copy = malloc(len + 1);
+    if (!copy) return -1;
+    memcpy(copy, path, len);
+    copy[len] = '\0';
+    v->data[v->len].path = copy;
+    v->data[v->len].number = number;
+    v->len++;
+    return 0;
+}
+
+static void itemvec_free(itemvec *v) {
+    for (size_t i = 0; i < v->len; i++) free(v->data[i].path);
+    free(v->data);
+}
+
+static uint64_t hash_bytes(const char *s, size_t n) { /* FNV-1a */
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
+    return h;
+}
+
+/* Open-addressing map from byte strings to int64; keys point into Python-owned or copied storage. */
+typedef struct {
+    const char *key;
+    size_t len;
+    uint64_t hash;
+    int64_t value;
+    int relocated;
+} slot;
+
+typedef struct {
+    slot *slots;
+    size_t mask;
+} strmap;
+
+static int strmap_init(strmap *m, size_t expected) {
+    size_t size = 16;
+    while (size < expected * 2) size *= 2;
+    m->slots = calloc(size, sizeof(slot));
+    m->mask = size - 1;
+    return m->slots ? 0 : -1;
+}
+
+static void strmap_put(strmap *m, const char *key, size_t len, int64_t value) {
+    uint64_t h = hash_bytes(key, len);
+    for (size_t i = h & m->mask;; i = (i + 1) & m->mask) {
+        slot *s = &m->slots[i];
+        if (!s->key || (s->hash == h && s->len == len && memcmp(s->key, key, len) == 0)) {
+            s->key = key;
+            s->len = len;
+            s->hash = h;
+            s->value = value; /* the last record wins a clash, as in EnvMetadata.owned_paths */
+            return;
+        }
+    }
+}
+
+static slot *strmap_get(const strmap *m, const char *key, size_t len) {
+    uint64_t h = hash_bytes(key, len);
+    for (size_t i = h & m->mask;; i = (i + 1) & m->mask) {
+        slot *s = &m->slots[i];
+        if (!s->key) return NULL;
+        if (s->hash == h && s->len == len && memcmp(s->key, key, len) == 0) return s;
+    }
+}
+
+/* Open-addressing set of inode numbers (0 marks an empty slot; inode 0 is tracked apart). */
+typedef struct {
+    uint64_t *keys;
+    size_t mask, count;
+    int has_zero;
+} u64set;
+
+/* Returns 1 if added, 0 if present, -1 on memory exhaustion. */
+static int u64set_add(u64set *s, uint64_t key) {
+    if (key == 0) {
+        int added = !s->has_zero;
+        s->has_zero = 1;
+        return added;
+    }
+    if ((s->count + 1) * 2 > s->mask + 1 || !s->keys) {
+        size_t size = s->keys ? (s->mask + 1) * 2 : 1024;
+        uint64_t *keys = calloc(size, sizeof(uint64_t));
+        if (!keys) return -1;
+        for (size_t j = 0; s->keys && j <= s->mask; j++) {
+            uint64_t k = s->keys[j];
+            if (!k) continue;
+            size_t i = (k * 11400714819323198485ULL) & (size - 1);
+            while (keys[i]) i = (i + 1) & (size - 1);
+            keys[i] = k;
+        }
+        free(s->keys);
+        s->keys = keys;
+        s->mask = size - 1;
+    }
+    for (size_t i = (key * 11400714819323198485ULL) & s->mask;; i = (i + 1) & s->mask) {
+        if (s->keys[i] == key) return 0;
+        if (!s->keys[i]) {
+            s->keys[i] = key;
+            s->count++;
+            return 1;
+        }
+    }
+}
+
+typedef struct {
+    /* inputs */
+    const char *top;
+    size_t top_len;
+    uint64_t dev;
+    int cross;
+    strmap exclude;
+    strmap owned;
+    int has_owned;
+    Py_ssize_t packages;
+    const char **entries; /* cache entry per package, or NULL */
+    size_t *entry_lens;
+    int64_t *package_blocks, *cached_single, *uncached_single;
+    /* counters */
+    long long dirs, files, hardlinked, apparent, private_blocks, skipped_mounts;
+    long long untracked_files, untracked_blocks;
+    u64vec ino, nlink, blocks;
+    u64set untracked_inodes;
+    itemvec errors;
+    char *cache_path; /* scratch buffer for entry/rel */
+    size_t cache_path_cap;
+    int out_of_memory;
+} walk_state;
+
+static int is_metadata_dir(const char *rel, size_t len) {
+    size_t n = sizeof(METADATA_DIR) - 1;
+    return len >= n && memcmp(rel, METADATA_DIR, n) == 0 && (len == n || rel[n] == '/');
+}
+
+/* Is `rel` a regular file in cache entry `entry`? -1 when out of memory. */
+static int in_cache(walk_state *w, const char *entry, size_t entry_len, const char *rel, size_t rel_len) {
+    size_t need = entry_len + 1 + rel_len + 1;
+    if (need > w->cache_path_cap) {
+        char *b = realloc(w->cache_path, need * 2);
+        if (!b) return -1;
+        w->cache_path = b;
+        w->cache_path_cap = need * 2;
+    }
+    memcpy(w->cache_path, entry, entry_len);
+    w->cache_path[entry_len] = '/';
+    memcpy(w->cache_path + entry_len + 1, rel, rel_len + 1);
+    struct stat st;
+    return fstatat(AT_FDCWD, w->cache_path, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
+}
+
+/* Walk every directory on the stack until it is empty. Runs without the GIL. */
+static void walk_all(walk_state *w) {
+    char **stack = NULL;
+    size_t depth = 0, cap = 0;
+    char *child = NULL;
+    size_t child_cap = 0;
+    char *top = strdup(w->top);
+    if (!top) goto oom;
+#define PUSH(p)                                                   \
+    do {                                                          \
+        if (depth == cap) {                                       \
+            size_t c = cap ? cap * 2 : 256;                       \
+            char **s = realloc(stack, c * sizeof(char *));        \
+            if (!s) { free(p); goto oom; }                        \
+            stack = s;                                            \
+            cap = c;                                              \
+        }                                                         \
+        stack[depth++] = (p);                                     \
+    } while (0)
+    PUSH(top);
+    while (depth) {
+        char *dir = stack[--depth];
+        size_t dir_len = strlen(dir);
+        int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0) {
+            if (itemvec_push(&w->errors, dir, dir_len, (uint64_t)errno) < 0) { free(dir); goto oom; }
+            free(dir);
+            continue;
+        }
+        DIR *d = fdopendir(fd);
+        if (!d) {
+            int err = errno;
+            close(fd);
+            if (itemvec_push(&w->errors, dir, dir_len, (uint64_t)err) < 0) { free(dir); goto oom; }
+            free(dir);
+            continue;
+        }
+        /* reldir: the directory relative to top ("" for top itself) */
+        const char *reldir = dir_len > w->top_len ? dir + w->top_len + 1 : "";
+        size_t reldir_len = dir_len > w->top_len ? dir_len - w->top_len - 1 : 0;
+        int check_owner = w->has_owned && !is_metadata_dir(reldir, reldir_len);
+        for (;;) {
+            errno = 0;
+            struct dirent *e = readdir(d);
+            if (!e) {
+                if (errno && itemvec_push(&w->errors, dir, dir_len, (uint64_t)errno) < 0) { closedir(d); free(dir); goto oom; }
+                break;
+            }
+            const char *name = e->d_name;
+            if (name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'))) continue;
+            size_t name_len = strlen(name);
+            size_t path_len = dir_len + 1 + name_len;
+            if (path_len + 1 > child_cap) {
+                size_t c = (path_len + 1) * 2;
+                char *b = realloc(child, c);
+                if (!b) { closedir(d); free(dir); goto oom; }
+                child = b;
+                child_cap = c;
+            }
+            memcpy(child, dir, dir_len);
+            child[dir_len] = '/';
+            memcpy(child + dir_len + 1, name, name_len + 1);
+            struct stat st;
+            if (fstatat(dirfd(d), name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+                if (itemvec_push(&w->errors, child, path_len, (uint64_t)errno) < 0) { closedir(d); free(dir); goto oom; }
+                continue;
+            }
+            if (S_ISDIR(st.st_mode)) {
+                if (strmap_get(&w->exclude, child, path_len)) continue;
+                if ((uint64_t)st.st_dev != w->dev && !w->cross) {
+                    w->skipped_mounts++;
+                    continue;
+                }
+                w->dirs++;
+                w->apparent += st.st_size;
+                w->private_blocks += st.st_blocks;
+                char *sub = strdup(child);
+                if (!sub) { closedir(d); free(dir); goto oom; }
+                PUSH(sub);
+                continue;
+            }
+            w->files++;
+            w->apparent += st.st_size;
+            uint64_t nlink = (uint64_t)st.st_nlink;
+            if (check_owner) {
+                const char *rel = child + w->top_len + 1;
+                size_t rel_len = path_len - w->top_len - 1;
+                const slot *owner = strmap_get(&w->owned, rel, rel_len);
+                Py_ssize_t index = owner ? (Py_ssize_t)owner->value : -1;
+                if (!owner || index < 0 || index >= w->packages) {
+                    w->untracked_files++;
+                    int added = 1;
+                    if (nlink > 1) added = u64set_add(&w->untracked_inodes, (uint64_t)st.st_ino);
+                    if (added < 0) { closedir(d); free(dir); goto oom; }
+                    if (added) w->untracked_blocks += st.st_blocks;
+                } else {
+                    w->package_blocks[index] += st.st_blocks;
+                    /* a single-link file a package installed: a copy if the cache holds it too */
+                    if (nlink == 1 && S_ISREG(st.st_mode) && !owner->relocated) {
+                        int cached = w->entries[index]
+                                         ? in_cache(w, w->entries[index], w->entry_lens[index], rel, rel_len)
+                                         : 0;
+                        if (cached < 0) { closedir(d); free(dir); goto oom; }
+                        if (cached) w->cached_single[index] += st.st_blocks;
+                        else w->uncached_single[index] += st.st_blocks;
+                    }
+                }
+            }
+            if (nlink == 1) {
+                w->private_blocks += st.st_blocks;
+            } else {
+                w->hardlinked++;
+                if (u64vec_push(&w->ino, (uint64_t)st.st_ino) < 0 || u64vec_push(&w->nlink, nlink) < 0 ||
+                    u64vec_push(&w->blocks, (uint64_t)st.st_blocks) < 0) {
+                    closedir(d); free(dir); goto oom;
+                }
+            }
+        }
+        closedir(d);
+        free(dir);
+    }
+    goto done;
+oom:
+    w->out_of_memory = 1;
+done:
+    while (depth) free(stack[--depth]);
+    free(stack);
+    free(child);
+#undef PUSH
+}
+
+/* Add one str key to `map`. Its bytes are the filesystem encoding of the str (surrogateescape), as
+ * os.fsencode gives them: for ASCII text, the str's own storage (the caller keeps the str alive),
+ * otherwise an encoded copy that `holder` keeps alive. */
+static int put_key(strmap *map, PyObject *key, int64_t value, PyObject *holder) {
+    if (PyUnicode_Check(key) && PyUnicode_IS_ASCII(key)) {
+        strmap_put(map, (const char *)PyUnicode_DATA(key), (size_t)PyUnicode_GET_LENGTH(key), value);
+        return 0;
+    }
+    PyObject *encoded = PyUnicode_EncodeFSDefault(key);
+    if (!encoded) return -1;
+    int appended = PyList_Append(holder, encoded);
+    Py_DECREF(encoded); /* alive in holder if appended */
+    if (appended < 0) return -1;
+    strmap_put(map, PyBytes_AS_STRING(encoded), (size_t)PyBytes_GET_SIZE(encoded), value);
+    return 0;
+}
+
+/* Fill `map` from an iterable of str (the exclude set). */
+static int fill_set(strmap *map, PyObject *keys, PyObject *holder) {
+    Py_ssize_t expected = PyObject_Length(keys);
+    if (expected < 0) return -1;
+    if (strmap_init(map, (size_t)expected) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyObject *iter = PyObject_GetIter(keys), *key;
+    if (!iter) return -1;
+    while ((key = PyIter_Next(iter))) {
+        int failed = PyList_Append(holder, key) < 0 || put_key(map, key, 0, holder) < 0;
+        Py_DECREF(key);
+        if (failed) break;
+    }
+    Py_DECREF(iter);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+/* Load Ownership's fields: owned path -> package index (a later package wins a clash), the relocated
+ * flag of paths whose owner lists them as relocated, and the encoded cache entry of each package. */
+static int load_ownership(walk_state *w, PyObject *files, PyObject *relocated, PyObject *entries, PyObject *holder) {
+    PyObject *files_fast = PySequence_Fast(files, "files must be a sequence");
+    if (!files_fast) return -1;
+    Py_ssize_t packages = PySequence_Fast_GET_SIZE(files_fast), total = 0;
+    int rc = -1;
+    PyObject *relocated_fast = PySequence_Fast(relocated, "relocated must be a sequence");
+    PyObject *entries_fast = PySequence_Fast(entries, "cache_entries must be a sequence");
+    if (!relocated_fast || !entries_fast) goto out;
+    if (PySequence_Fast_GET_SIZE(relocated_fast) != packages || PySequence_Fast_GET_SIZE(entries_fast) != packages) {
+        PyErr_SetString(PyExc_ValueError, "files, relocated and cache_entries differ in length");
+        goto out;
+    }
+    for (Py_ssize_t i = 0; i < packages; i++) {
+        Py_ssize_t n = PyObject_Length(PySequence_Fast_GET_ITEM(files_fast, i));
+        if (n < 0) goto out;
+        total += n;
+    }
+    w->packages = packages;
+    size_t count = packages ? (size_t)packages : 1;
+    w->package_blocks = calloc(count, sizeof(int64_t));
+    w->cached_single = calloc(count, sizeof(int64_t));
+    w->uncached_single = calloc(count, sizeof(int64_t));
+    w->entries = calloc(count, sizeof(char *));
+    w->entry_lens = calloc(count, sizeof(size_t));
+    if (!w->package_blocks || !w->cached_single || !w->uncached_single || !w->entries || !w->entry_lens ||
+        strmap_init(&w->owned, (size_t)total) < 0) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    for (Py_ssize_t i = 0; i < packages; i++) {
+        PyObject *paths = PySequence_Fast(PySequence_Fast_GET_ITEM(files_fast, i), "files[i] must be a sequence");
+        /* the holder keeps the paths (whose storage keys may point into) alive until the walk ends */
+        int held = paths ? PyList_Append(holder, paths) : -1;
+        Py_XDECREF(paths);
+        if (held < 0) goto out;
+        for (Py_ssize_t j = 0; j < PySequence_Fast_GET_SIZE(paths); j++) {
+            if (put_key(&w->owned, PySequence_Fast_GET_ITEM(paths, j), i, holder) < 0) goto out;
+        }
+    }
+    for (Py_ssize_t i = 0; i < packages; i++) {
+        PyObject *iter = PyObject_GetIter(PySequence_Fast_GET_ITEM(relocated_fast, i)), *key;
+        if (!iter) goto out;
+        while ((key = PyIter_Next(iter))) {
+            PyObject *encoded = PyUnicode_EncodeFSDefault(key);
+            Py_DECREF(key);
+            if (!encoded) break;
+            slot *s = strmap_get(&w->owned, PyBytes_AS_STRING(encoded), (size_t)PyBytes_GET_SIZE(encoded));
+            if (s && s->value == i) s->relocated = 1;
+            Py_DECREF(encoded);
+        }
+        Py_DECREF(iter);
+        if (PyErr_Occurred()) goto out;
+        PyObject *entry = PySequence_Fast_GET_ITEM(entries_fast, i);
+        if (entry == Py_None) continue;
+        PyObject *encoded = PyUnicode_EncodeFSDefault(entry);
+        if (!encoded || PyList_Append(holder, encoded) < 0) {
+            Py_XDECREF(encoded);
+            goto out;
+        }
+        Py_DECREF(encoded); /* alive in holder */
+        w->entries[i] = PyBytes_AS_STRING(encoded);
+        w->entry_lens[i] = (size_t)PyBytes_GET_SIZE(encoded);
+    }
+    rc = 0;
+out:
+    Py_DECREF(files_fast);
+    Py_XDECREF(relocated_fast);
+    Py_XDECREF(entries_fast);
+    return rc;
+}
+
+static PyObject *vec_bytes(const u64vec *v) {
+    return PyBytes_FromStringAndSize((const char *)v->data, (Py_ssize_t)(v->len * sizeof(uint64_t)));
+}
+
+/* [(errno, path)], paths decoded as os.fsdecode does. */
+static PyObject *items_list(const itemvec *v) {
+    PyObject *list = PyList_New((Py_ssize_t)v->len);
+    for (size_t i = 0; list && i < v->len; i++) {
+        unsigned long long number = v->data[i].number;
+        PyObject *t = Py_BuildValue("(KO&)", number, PyUnicode_DecodeFSDefault, v->data[i].path);
+        if (!t) { Py_CLEAR(list); break; }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+    }
+    return list;
+}
+
+static PyObject *blocks_list(const int64_t *values, Py_ssize_t n) {
+    PyObject *list = PyList_New(n);
+    for (Py_ssize_t i = 0; list && i < n; i++) {
+        PyObject *number = PyLong_FromLongLong(values[i]);
+        if (!number) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, i, number);
+    }
+    return list;
+}
+
+static PyObject *walker_walk(PyObject *Py_UNUSED(self), PyObject *args) {
+    const char *top;
+    Py_ssize_t top_len;
+    unsigned long long dev;
+    int cross;
+    PyObject *exclude, *files, *relocated, *entries;
+    if (!PyArg_ParseTuple(args, "y#KOpOOO", &top, &top_len, &dev, &exclude, &cross, &files, &relocated, &entries))
+        return NULL;
+    walk_state w;
+    memset(&w, 0, sizeof w);
+    w.top = top;
+    w.top_len = (size_t)top_len;
+    w.dev = dev;
+    w.cross = cross;
+    w.has_owned = files != Py_None;
+    PyObject *result = NULL, *holder = PyList_New(0);
+    if (!holder || fill_set(&w.exclude, exclude, holder) < 0) goto out;
+    if (w.has_owned ? load_ownership(&w, files, relocated, entries, holder) < 0 : strmap_init(&w.owned, 0) < 0) goto out;
+
+    Py_BEGIN_ALLOW_THREADS
+    walk_all(&w);
+    Py_END_ALLOW_THREADS
+    if (w.out_of_memory) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    result = Py_BuildValue("(LLLLLLLLNNNNNNN)", w.dirs, w.files, w.hardlinked, w.apparent, w.private_blocks,
+                           w.skipped_mounts, w.untracked_files, w.untracked_blocks, vec_bytes(&w.ino),
+                           vec_bytes(&w.nlink), vec_bytes(&w.blocks), items_list(&w.errors),
+                           blocks_list(w.package_blocks, w.packages), blocks_list(w.cached_single, w.packages),
+                           blocks_list(w.uncached_single, w.packages));
+out:
+    Py_XDECREF(holder);
+    free(w.exclude.slots);
+    free(w.owned.slots);
+    free(w.package_blocks);
+    free(w.cached_single);
+    free(w.uncached_single);
+    free(w.entries);
+    free(w.entry_lens);
+    free(w.cache_path);
+    free(w.ino.data);
+    free(w.nlink.data);
+    free(w.blocks.data);
+    free(w.untracked_inodes.keys);
+    itemvec_free(&w.errors);
+    return result;
+}
+
+static PyMethodDef walker_methods[] = {
+    {"walk", walker_walk, METH_VARARGS, "Walk below a directory without the GIL (see exporter.scan.walk.walk_tree)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef walker_module = {
+    PyModuleDef_HEAD_INIT, "exporter.scan._walker", "Native per-path loop of exporter.scan.walk.", -1, walker_methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__walker(void) { return PyModule_Create(&walker_module); }

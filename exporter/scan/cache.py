@@ -1,0 +1,147 @@
+"""Scan stage, package caches (``pkgs/``): sizes, tarballs, and what ``conda clean`` would free.
+
+Rules follow conda's own ``conda clean`` (``conda/cli/main_clean.py``):
+
+* ``--packages``: a top-level directory holding ``info/`` is an extracted package; it is
+  *unreferenced* (linked into no env) when none of its files has ``st_nlink > 1``. conda sums
+  ``st_size``; we report allocated bytes like every other ``_bytes`` metric here.
+* ``--tarballs``: top-level files ending in ``.tar.bz2``, ``.conda`` or their ``.part`` forms whose
+  ``st_nlink == 1``.
+
+A big cache is scanned in chunks of top-level entries so that worker processes share the work, and
+so that a change walks again only the chunks holding the packages it touched. The cache directory
+itself and its top-level files (tarballs) are a chunk of their own.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from exporter.model import BLOCK_SIZE, WalkError
+from exporter.scan.walk import TreeWalk, error_kind, walk_tree
+
+__all__ = ["CacheChunkWalk", "list_package_dirs", "walk_pkgs_chunk"]
+
+# Downloaded repodata, what `conda clean --index-cache` removes.
+INDEX_CACHE_DIR = "cache"
+# Top-level files nothing will use: interrupted downloads and what conda's own clean-up calls temp files.
+LEFTOVER_SUFFIXES = (".partial", ".trash", ".c~")
+TARBALL_SUFFIXES = (".tar.bz2", ".conda", ".tar.bz2.part", ".conda.part")
+
+
+@dataclass
+class CacheChunkWalk:
+    """The raw result of walking one chunk of a package cache: the merged walk of its package dirs
+    (and, with ``include_top``, of the cache dir itself and its top-level files), and what conda's
+    clean rules count in it. Byte counts are allocated bytes; :func:`exporter.account.trees.account_chunk`
+    turns it into a :class:`~exporter.model.PkgsChunk`."""
+
+    pkgs_dir: str
+    walk: TreeWalk
+    packages: int
+    unreferenced_packages: int
+    unreferenced_bytes: int
+    tarballs: int
+    tarball_bytes: int
+    index_cache_bytes: int
+    leftover_bytes: int
+    # What was walked, so that this chunk alone can be walked again.
+    package_dirs: tuple[str, ...]
+    include_top: bool
+    all_package_dirs: frozenset[str]
+
+
+def list_package_dirs(pkgs_dir: str) -> tuple[list[str], list[WalkError]]:
+    """Top-level subdirectories (not symlinks) of ``pkgs_dir``, sorted, as absolute paths."""
+    try:
+        with os.scandir(pkgs_dir) as entries:
+            names = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+    except OSError as exc:
+        return [], [WalkError(error_kind(exc), pkgs_dir, exc.strerror or str(exc))]
+    return [os.path.join(pkgs_dir, name) for name in names], []
+
+
+def _count_tarballs(pkgs_dir: str, errors: list[WalkError]) -> tuple[int, int, int]:
+    """Tarballs ``conda clean --tarballs`` removes (count, bytes), and bytes of top-level leftover files
+    (interrupted downloads, ``.trash``, ``.c~``)."""
+    count = 0
+    blocks = 0
+    leftover_blocks = 0
+    try:
+        with os.scandir(pkgs_dir) as entries:
+            for entry in entries:
+                if entry.name.endswith(LEFTOVER_SUFFIXES) and entry.is_file(follow_symlinks=False):
+                    try:
+                        leftover_blocks += entry.stat(follow_symlinks=False).st_blocks
+                    except OSError as exc:
+                        errors.append(WalkError(error_kind(exc), entry.path, exc.strerror or str(exc)))
+                    continue
+                if not entry.name.endswith(TARBALL_SUFFIXES):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError as exc:
+                    errors.append(WalkError(error_kind(exc), entry.path, exc.strerror or str(exc)))
+                    continue
+                if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                    count += 1
+                    blocks += st.st_blocks
+    except OSError:
+        pass  # the walk of the cache directory itself reports why it cannot be read
+    return count, blocks * BLOCK_SIZE, leftover_blocks * BLOCK_SIZE
+
+
+def walk_pkgs_chunk(
+    pkgs_dir: str,
+    package_dirs: list[str],
+    include_top: bool,
+    all_package_dirs: frozenset[str] = frozenset(),
+    cross_filesystems: bool = False,
+) -> CacheChunkWalk:
+    """Walk ``package_dirs`` (top-level dirs of ``pkgs_dir``) and, with ``include_top``, the cache
+    directory itself and its top-level files (``all_package_dirs`` are then left out of that walk)."""
+    merged = TreeWalk(path=pkgs_dir)
+    extra_errors: list[WalkError] = []
+    tarballs = tarball_bytes = leftover_files_bytes = 0
+    if include_top:
+        top = walk_tree(pkgs_dir, exclude=all_package_dirs, cross_filesystems=cross_filesystems)
+        merged.dev = top.dev
+        merged.merge(top)
+        tarballs, tarball_bytes, leftover_files_bytes = _count_tarballs(pkgs_dir, extra_errors)
+    packages = unreferenced = unreferenced_blocks = index_cache_blocks = leftover_blocks = 0
+    for package_dir in package_dirs:
+        walk = walk_tree(package_dir, cross_filesystems=cross_filesystems)
+        if not merged.dev:
+            merged.dev = walk.dev
+        if os.path.basename(package_dir) == INDEX_CACHE_DIR:
+            index_cache_blocks += walk.private_blocks  # repodata JSON: single-link files
+        if os.path.basename(package_dir) != INDEX_CACHE_DIR and not os.path.isfile(
+            os.path.join(package_dir, "info", "index.json")
+        ):
+            # an extraction that never finished (or a .trash dir): nothing can use it
+            leftover_blocks += walk.private_blocks + sum(walk.blocks)
+        if os.path.isdir(os.path.join(package_dir, "info")) and not os.path.islink(package_dir):
+            packages += 1
+            # conda's rule: no file with st_nlink > 1. A package we could not read fully is not
+            # declared unreferenced: conda would fail on it too.
+            if walk.hardlinked_files == 0 and not walk.errors:
+                unreferenced += 1
+                unreferenced_blocks += walk.private_blocks
+        merged.merge(walk)
+    merged.errors.extend(extra_errors)
+    return CacheChunkWalk(
+        pkgs_dir=pkgs_dir,
+        walk=merged,
+        packages=packages,
+        unreferenced_packages=unreferenced,
+        unreferenced_bytes=unreferenced_blocks * BLOCK_SIZE,
+        tarballs=tarballs,
+        tarball_bytes=tarball_bytes,
+        index_cache_bytes=index_cache_blocks * BLOCK_SIZE,
+        leftover_bytes=leftover_blocks * BLOCK_SIZE + (leftover_files_bytes if include_top else 0),
+        package_dirs=tuple(package_dirs),
+        include_top=include_top,
+        all_package_dirs=all_package_dirs,
+    )

@@ -1,0 +1,306 @@
+"""Walk one directory tree and record what hardlink accounting needs, in flat arrays.
+
+The walk never follows symlinks (a symlink is counted as the non-directory it is), never leaves the
+filesystem it started on unless told to, and never raises for trouble inside the tree: unreadable
+directories and paths that vanish mid-walk are recorded as :class:`WalkError` and the walk goes on.
+
+Per path it keeps only counters, except for non-directories with ``st_nlink > 1``, whose
+``(st_ino, st_nlink, st_blocks)`` go into three ``array('Q')`` columns (24 bytes per hardlinked path),
+because whether such an inode is private to the tree is only known once the whole tree is walked.
+
+The per-path loop exists twice with one contract: in C (``exporter/scan/_walker.c``, one ``fstatat`` per
+path with the GIL released, about three times faster) and in Python below, used when the extension
+was not built (no C compiler at install time). ``WALKER`` names the one in use; the tests check both
+against ``find``/``du``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from exporter.model import METADATA_DIR, WalkError
+
+__all__ = ["WALKER", "Ownership", "TreeWalk", "errno_kind", "error_kind", "walk_tree"]
+
+try:
+    from exporter.scan import _walker as _native
+except ImportError:  # built without a C compiler: the Python loop does the same, slower
+    _native = None  # type: ignore[assignment]  # (the stub types the module; absent, it is None)
+
+WALKER = "native" if _native is not None else "python"
+
+_OPEN_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def errno_kind(code: int | None) -> str:
+    """Classify an errno met while walking: ``permission``, ``vanished`` or ``io``."""
+    if code in (errno.EACCES, errno.EPERM):
+        return "permission"
+    # ENOTDIR/ELOOP: a directory was replaced by a file or symlink between listing and opening it.
+    if code in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+        return "vanished"
+    return "io"
+
+
+def error_kind(exc: OSError) -> str:
+    """Classify an OSError met while walking."""
+    if isinstance(exc, PermissionError):
+        return "permission"
+    if isinstance(exc, FileNotFoundError):
+        return "vanished"
+    return errno_kind(exc.errno)
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """What conda's records say of an env's paths, in the shape the walk needs; index ``i`` is package ``i``.
+
+    ``files[i]``: prefix-relative paths package ``i`` installed (a path two records list belongs to the
+    later one); ``relocated[i]``: those whose text had the build prefix rewritten at install (copies by
+    necessity, never relinkable); ``cache_entries[i]``: the extracted package dir it came from, if that
+    still exists.
+    """
+
+    files: Sequence[Sequence[str]]
+    relocated: Sequence[frozenset[str]]
+    cache_entries: Sequence[str | None]
+
+
+@dataclass
+class TreeWalk:
+    """Raw result of walking one tree.
+
+    Byte counters are in bytes; ``private_blocks`` and the ``blocks`` column are in 512-byte units
+    (``st_blocks``), so allocated bytes are ``blocks * 512``, exactly what ``du -B1`` adds up.
+    """
+
+    path: str
+    dev: int = 0
+    dirs: int = 0
+    files: int = 0
+    hardlinked_files: int = 0
+    apparent_bytes: int = 0
+    # Blocks of inodes known to be private to this tree during the walk: directories and nlink == 1.
+    private_blocks: int = 0
+    ino: array[int] = field(default_factory=lambda: array("Q"))
+    nlink: array[int] = field(default_factory=lambda: array("Q"))
+    blocks: array[int] = field(default_factory=lambda: array("Q"))
+    skipped_mounts: int = 0
+    errors: list[WalkError] = field(default_factory=list)
+    # Filled only when the walk is given an Ownership (see walk_tree); lists are indexed by package.
+    untracked_files: int = 0
+    untracked_blocks: int = 0
+    package_blocks: list[int] = field(default_factory=list)
+    cached_single_blocks: list[int] = field(default_factory=list)
+    uncached_single_blocks: list[int] = field(default_factory=list)
+
+    def merge(self, other: TreeWalk) -> None:
+        """Add ``other`` (a disjoint tree on the same filesystem) into this one."""
+        self.dirs += other.dirs
+        self.files += other.files
+        self.hardlinked_files += other.hardlinked_files
+        self.apparent_bytes += other.apparent_bytes
+        self.private_blocks += other.private_blocks
+        self.ino.extend(other.ino)
+        self.nlink.extend(other.nlink)
+        self.blocks.extend(other.blocks)
+        self.skipped_mounts += other.skipped_mounts
+        self.errors.extend(other.errors)
+
+
+def walk_tree(
+    top: str,
+    exclude: frozenset[str] = frozenset(),
+    cross_filesystems: bool = False,
+    ownership: Ownership | None = None,
+) -> TreeWalk:
+    """Walk ``top`` (a directory, itself counted) and everything below it.
+
+    ``exclude`` holds absolute directory paths (as ``top``/…/name strings) that are skipped entirely,
+    the directory itself included: that is how the base env leaves out ``envs/`` and ``pkgs/``.
+    Directories on another filesystem are skipped (and counted in ``skipped_mounts``) unless
+    ``cross_filesystems``; then the hardlink identity would need ``st_dev`` too, so rows of other
+    devices are kept apart by the caller, which only enables it for trees it knows are single-device.
+
+    With ``ownership``, non-directories that no package installed, outside ``conda-meta/``, are
+    counted as *untracked* (each inode once); ``package_blocks[i]`` adds up the blocks of package
+    ``i``'s paths; and its regular files with a single link that are not relocated add their blocks to
+    ``cached_single_blocks[i]`` when the package's cache entry holds a regular file at the same path
+    (a copy of it), else to ``uncached_single_blocks[i]``. Without it the walk does no per-path
+    string work. All blocks are 512-byte units.
+    """
+    result = TreeWalk(path=top)
+    try:
+        top_stat = os.lstat(top)
+    except OSError as exc:
+        result.errors.append(WalkError(error_kind(exc), top, exc.strerror or str(exc)))
+        return result
+    if not stat.S_ISDIR(top_stat.st_mode):
+        result.errors.append(WalkError("vanished", top, "not a directory"))
+        return result
+    result.dev = top_stat.st_dev
+    result.dirs = 1
+    result.apparent_bytes = top_stat.st_size
+    result.private_blocks = top_stat.st_blocks
+    if _native is not None:
+        _walk_native(result, exclude, cross_filesystems, ownership)
+    else:
+        _walk_python(result, exclude, cross_filesystems, ownership)
+    return result
+
+
+def _walk_native(result: TreeWalk, exclude: frozenset[str], cross: bool, ownership: Ownership | None) -> None:
+    assert _native is not None
+    files, relocated, entries = (
+        (ownership.files, ownership.relocated, ownership.cache_entries) if ownership else (None, (), ())
+    )
+    (
+        dirs,
+        result.files,
+        result.hardlinked_files,
+        apparent,
+        private_blocks,
+        result.skipped_mounts,
+        result.untracked_files,
+        result.untracked_blocks,
+        ino,
+        nlink,
+        blocks,
+        errors,
+        result.package_blocks,
+        result.cached_single_blocks,
+        result.uncached_single_blocks,
+    ) = _native.walk(os.fsencode(result.path), result.dev, exclude, cross, files, relocated, entries)
+    result.dirs += dirs
+    result.apparent_bytes += apparent
+    result.private_blocks += private_blocks
+    result.ino.frombytes(ino)
+    result.nlink.frombytes(nlink)
+    result.blocks.frombytes(blocks)
+    result.errors.extend(WalkError(errno_kind(code), path, os.strerror(code)) for code, path in errors)
+
+
+def _in_cache(entry: str | None, rel: str) -> bool:
+    """Is ``rel`` a regular file in cache entry ``entry``?"""
+    if entry is None:
+        return False
+    try:
+        return stat.S_ISREG(os.lstat(f"{entry}/{rel}").st_mode)
+    except OSError:
+        return False
+
+
+def _walk_python(
+    result: TreeWalk, exclude: frozenset[str], cross_filesystems: bool, ownership: Ownership | None
+) -> None:
+    """The per-path loop without the extension: the same contract as ``_walker.walk``."""
+    top = result.path
+    dev = result.dev
+    dirs = files = hardlinked = apparent = private_blocks = 0
+    skipped_mounts = 0
+    errors = result.errors
+    ino_append = result.ino.append
+    nlink_append = result.nlink.append
+    blocks_append = result.blocks.append
+    pending = [top]
+    pop = pending.pop
+    push = pending.append
+    top_len = len(top) + 1
+    untracked_files = untracked_blocks = 0
+    untracked_inodes: set[int] = set()
+    owned: dict[str, int] | None = None
+    packages = len(ownership.files) if ownership else 0
+    if ownership is not None:
+        owned = {path: index for index, paths in enumerate(ownership.files) for path in paths}
+    owned_get = (owned if owned is not None else {}).get
+    package_blocks = result.package_blocks = [0] * packages
+    cached_single = result.cached_single_blocks = [0] * packages
+    uncached_single = result.uncached_single_blocks = [0] * packages
+
+    while pending:
+        directory = pop()
+        try:
+            fd = os.open(directory, _OPEN_DIR_FLAGS)
+        except OSError as exc:
+            errors.append(WalkError(error_kind(exc), directory, exc.strerror or str(exc)))
+            continue
+        if owned is not None:
+            reldir = directory[top_len:]
+            relprefix = reldir + "/" if reldir else ""
+            check_owner = not (reldir == METADATA_DIR or reldir.startswith(METADATA_DIR + "/"))
+        else:
+            relprefix = ""
+            check_owner = False
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError as exc:
+                        errors.append(
+                            WalkError(error_kind(exc), f"{directory}/{entry.name}", exc.strerror or str(exc))
+                        )
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        path = f"{directory}/{entry.name}"
+                        if path in exclude:
+                            continue
+                        if st.st_dev != dev and not cross_filesystems:
+                            skipped_mounts += 1
+                            continue
+                        dirs += 1
+                        apparent += st.st_size
+                        private_blocks += st.st_blocks
+                        push(path)
+                        continue
+                    files += 1
+                    apparent += st.st_size
+                    nlink = st.st_nlink
+                    if check_owner:
+                        rel = relprefix + entry.name
+                        package = owned_get(rel)
+                        if package is None:
+                            if nlink == 1 or st.st_ino not in untracked_inodes:
+                                untracked_files += 1
+                                untracked_blocks += st.st_blocks
+                                if nlink > 1:
+                                    untracked_inodes.add(st.st_ino)
+                            else:
+                                untracked_files += 1
+                        else:
+                            package_blocks[package] += st.st_blocks
+                            if (
+                                nlink == 1
+                                and ownership is not None
+                                and stat.S_ISREG(st.st_mode)
+                                and rel not in ownership.relocated[package]
+                            ):
+                                if _in_cache(ownership.cache_entries[package], rel):
+                                    cached_single[package] += st.st_blocks
+                                else:
+                                    uncached_single[package] += st.st_blocks
+                    if nlink == 1:
+                        private_blocks += st.st_blocks
+                    else:
+                        hardlinked += 1
+                        ino_append(st.st_ino)
+                        nlink_append(nlink)
+                        blocks_append(st.st_blocks)
+        except OSError as exc:
+            errors.append(WalkError(error_kind(exc), directory, exc.strerror or str(exc)))
+        finally:
+            os.close(fd)
+
+    result.dirs += dirs
+    result.files += files
+    result.hardlinked_files += hardlinked
+    result.apparent_bytes += apparent
+    result.private_blocks += private_blocks
+    result.skipped_mounts = skipped_mounts
+    result.untracked_files = untracked_files
+    result.untracked_blocks = untracked_blocks

@@ -1,0 +1,54 @@
+"""Snapshot stage, full scans: every tree of every root walked and accounted, on worker processes.
+
+The tasks (:mod:`exporter.account.trees`) run on a small pool of processes
+(:mod:`exporter.scan.workers`); their results are assembled into one Snapshot
+(:func:`exporter.snapshot.assemble.assemble`), exactly as an incremental rescan's are.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from exporter.account.trees import ChunkTask, EnvTask, RestTask, Task, layout_tasks, measure
+from exporter.discover.roots import RootLayout
+from exporter.model import EnvUsage, PkgsChunk, ScanOptions, Snapshot, TreeUsage, WalkError
+from exporter.scan.workers import run_tasks
+from exporter.snapshot.assemble import CacheParts, RootParts, assemble
+
+__all__ = ["full_scan"]
+
+
+def full_scan(
+    layouts: Sequence[RootLayout],
+    options: ScanOptions,
+    clock: Callable[[], float] = time.time,
+) -> Snapshot:
+    """Walk every env and package cache of ``layouts`` and return the complete Snapshot."""
+    started = time.monotonic()
+    errors: list[WalkError] = []
+    tasks: list[Task] = [task for layout in layouts for task in layout_tasks(layout, errors)]
+    results = list(run_tasks(measure, tasks, options))
+
+    envs: dict[str, list[EnvUsage]] = {layout.path: [] for layout in layouts}
+    rest: dict[str, list[TreeUsage]] = {layout.path: [] for layout in layouts}
+    chunks: dict[tuple[str, str], list[PkgsChunk]] = {}
+    for task, result in zip(tasks, results, strict=True):
+        if isinstance(task, EnvTask) and isinstance(result, EnvUsage):
+            envs[task.env.root].append(result)
+        elif isinstance(task, RestTask) and isinstance(result, TreeUsage):
+            rest[task.root].append(result)
+        elif isinstance(task, ChunkTask) and isinstance(result, PkgsChunk):
+            chunks.setdefault((task.root, task.pkgs_dir), []).append(result)
+        errors.extend(result.usage.errors if isinstance(result, EnvUsage | PkgsChunk) else result.errors)
+
+    parts = [
+        RootParts(
+            layout=layout,
+            envs=tuple(envs[layout.path]),
+            caches=tuple(CacheParts(d, tuple(chunks.get((layout.path, d), []))) for d in layout.pkgs_dirs),
+            rest=tuple(rest[layout.path]),
+        )
+        for layout in layouts
+    ]
+    return assemble(parts, errors, started, clock=clock)
