@@ -25,8 +25,8 @@ from exporter.config import ENV_PREFIX, Settings, flag_of, parse_listen_address
 from exporter.demo import build_demo_root
 from exporter.discover.roots import Discovery, RootNotFoundError, detect_roots, validate_roots
 from exporter.expose.exposition import build_registry
-from exporter.expose.report import render_report
-from exporter.model import ScanOptions
+from exporter.expose.report import EnvNotFoundError, match_envs, render_report, render_what_if, report_json
+from exporter.model import ScanOptions, Snapshot
 from exporter.scan.walk import WALKER
 from exporter.snapshot.full import full_scan
 from exporter.snapshot.store import SnapshotStore
@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         "demo: build a demo root in a temporary dir and serve it",
     )
     parser.add_argument("--once", action="store_true", help="scan, print the exposition to stdout and exit")
+    report = parser.add_argument_group("report", "what the report command prints")
+    report.add_argument("--format", choices=("table", "json"), default="table", help="report as a table or JSON")
+    report.add_argument(
+        "--what-if-delete", nargs="+", metavar="ENV", default=None,
+        help="report what deleting these envs (names or prefixes) and then running 'conda clean --packages' "
+        "would free, and which package dirs that clean would remove",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (walker: {WALKER})")
     for name, info in Settings.model_fields.items():
         env_var = f"{ENV_PREFIX}{name.upper()}"
@@ -182,6 +189,17 @@ def serve(settings: Settings, roots: list[str], fixed_roots: bool = False) -> in
     return 0
 
 
+def _report(args: argparse.Namespace, snapshot: Snapshot | None) -> str:
+    assert snapshot is not None  # published by _scan
+    if args.what_if_delete is None:
+        return report_json(snapshot) if args.format == "json" else render_report(snapshot)
+    try:
+        envs = match_envs(snapshot, args.what_if_delete)
+    except EnvNotFoundError as exc:
+        raise UsageError(f"--what-if-delete: {exc}") from None
+    return render_what_if(snapshot, envs, as_json=args.format == "json")
+
+
 def run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     settings = load_settings(args)
@@ -207,10 +225,10 @@ def run(argv: list[str] | None) -> int:
         sys.stdout.write(generate_latest(build_registry(_scan(settings, roots))).decode())
         return 0
     if args.command == "report":
-        snapshot = _scan(settings, roots).snapshot
-        assert snapshot is not None
-        sys.stdout.write(render_report(snapshot))
+        sys.stdout.write(_report(args, _scan(settings, roots).snapshot))
         return 0
+    if args.what_if_delete is not None:
+        raise UsageError("--what-if-delete goes with the report command")
     return serve(settings, roots)
 
 

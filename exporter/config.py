@@ -102,6 +102,13 @@ class Settings(BaseSettings):
         "each adds a series per env).",
         json_schema_extra=_flag("--collect.packages"),
     )
+    stale_after: float = Field(
+        default=90 * 86400.0,
+        gt=0,
+        description="Seconds since an env's last conda transaction (conda-meta/history) after which it "
+        "counts as stale; an env without a history file never does.",
+        json_schema_extra=_flag("--stale.after"),
+    )
     state_file: Path | None = Field(
         default=None,
         description="File to keep results in across restarts: served at once on start, then only what "

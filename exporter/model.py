@@ -9,7 +9,7 @@ each importing only earlier stages and this module.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -24,12 +24,15 @@ __all__ = [
     "METADATA_DIR",
     "EnvContents",
     "EnvUsage",
+    "OwnerReclaim",
     "PkgsChunk",
     "PkgsUsage",
+    "Reclaim",
     "RootUsage",
     "ScanOptions",
     "SharedInodes",
     "Snapshot",
+    "StaleReclaim",
     "TreeUsage",
     "WalkError",
 ]
@@ -41,6 +44,7 @@ METADATA_DIR = "conda-meta"
 """The directory that makes a directory a conda env, and holds its package records."""
 
 U64 = npt.NDArray[np.uint64]
+I32 = npt.NDArray[np.int32]
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class ScanOptions:
     workers: int
     cross_filesystems: bool
     top_packages: int
+    # Seconds since its last conda transaction after which an env counts as stale.
+    stale_after: float
     # Added to the worker processes' nice value (reconcile scans run at low priority).
     nice: int = 0
 
@@ -61,6 +67,7 @@ class ScanOptions:
             workers=settings.scan_workers,
             cross_filesystems=settings.scan_cross_filesystems,
             top_packages=settings.collect_packages,
+            stale_after=settings.stale_after,
         )
 
 
@@ -135,6 +142,15 @@ class PkgsChunk:
     package_dirs: tuple[str, ...] = ()
     include_top: bool = False
     all_package_dirs: frozenset[str] = frozenset()
+    # For what deleting envs would free (exporter.account.reclaim), per entry of package_dirs: the
+    # allocated bytes that removing it frees besides its rows in ``usage.shared`` (its directories and
+    # single-link files), and whether conda clean removes it once none of its files has a second link
+    # (a package dir read fully, none of whose inodes has two links in the cache).
+    dir_private_bytes: tuple[int, ...] = ()
+    cleanable: tuple[bool, ...] = ()
+    # Per row of ``usage.shared``: the index in package_dirs of the cleanable package dir holding the
+    # inode's one link in the cache, or -1.
+    row_package: I32 = field(default_factory=lambda: np.zeros(0, np.int32))
 
 
 @dataclass(frozen=True)
@@ -214,6 +230,44 @@ class RootUsage:
 
 
 @dataclass(frozen=True)
+class OwnerReclaim:
+    """One owner's envs in one root: how many, and what deleting them all and cleaning would free."""
+
+    root: str
+    owner: str
+    envs: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class StaleReclaim:
+    """One root's stale envs (last conda transaction older than the stale age): how many, and what
+    deleting them all and cleaning would free."""
+
+    root: str
+    envs: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Reclaim:
+    """What deleting envs and then running ``conda clean --packages`` would free beyond what that clean
+    alone frees, in allocated bytes (:mod:`exporter.account.reclaim`): per env (by prefix), per owner
+    and root, and for each root's stale envs. The base env of a root, which conda cannot remove, is in
+    neither an owner's nor the stale set. ``evaluated_at``: the Unix time staleness was judged at."""
+
+    envs: tuple[tuple[str, int], ...] = ()
+    owners: tuple[OwnerReclaim, ...] = ()
+    stale: tuple[StaleReclaim, ...] = ()
+    stale_after: float = 0.0
+    evaluated_at: float = 0.0
+
+    @cached_property
+    def by_prefix(self) -> dict[str, int]:
+        return dict(self.envs)
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything one complete scan found. ``completed_at`` is a Unix time in seconds."""
 
@@ -226,6 +280,7 @@ class Snapshot:
     # Per root, the usage of what is neither an env nor a cache (ROOT/envs itself, non-env dirs in it),
     # kept so that root totals can be recomputed after rescanning one env.
     rest: tuple[tuple[str, TreeUsage], ...] = ()
+    reclaim: Reclaim = Reclaim()
 
     def error_counts(self) -> Counter[str]:
         return Counter(e.kind for e in self.errors)

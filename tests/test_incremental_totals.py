@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,9 @@ def test_random_operations_keep_every_number_equal_to_the_oracle(
             discover=lambda r, _layouts: discover_root(r), options=OPTIONS, started=time.monotonic(),
         )
         assert mismatches(exposition(snapshot), root) == [], done
+        # what deleting envs frees depends on every tree: after the change it must be what a fresh scan says
+        fresh = full_scan(list(layouts.values()), OPTIONS).reclaim
+        assert replace(snapshot.reclaim, evaluated_at=0) == replace(fresh, evaluated_at=0), done
     # most changes (not env creation in the middle of the order) took the update-from-the-change path
     assert sum(updated) >= len(updated) // 2, updated
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 
-from exporter.daemon.state import load_state, save_state
+from exporter.daemon.state import VERSION, load_state, save_state
 from exporter.discover.roots import discover_root
 from exporter.expose.exposition import build_registry
 from exporter.snapshot.full import full_scan
@@ -57,7 +57,7 @@ def test_bad_state_files_are_refused_with_the_reason(tmp_path: Path) -> None:
     document["version"] = 999
     state.write_text(json.dumps(document))
     assert load_state(str(state), [str(root)]).result == "version"
-    document["version"] = 1
+    document["version"] = VERSION
     document["snapshot"]["__type__"] = "os.system"  # nothing but our own dataclasses is ever built
     state.write_text(json.dumps(document))
     assert load_state(str(state), [str(root)]).result == "corrupt"

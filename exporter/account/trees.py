@@ -11,8 +11,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from exporter.account.contents import account_contents, ownership
 from exporter.account.links import account_tree
+from exporter.account.reclaim import package_rows
 from exporter.discover.roots import EnvLocation, RootLayout
 from exporter.model import EnvUsage, PkgsChunk, ScanOptions, TreeUsage, WalkError
 from exporter.scan.cache import CacheChunkWalk, list_package_dirs, walk_pkgs_chunk
@@ -90,9 +93,13 @@ def measure_env(env: EnvLocation, options: ScanOptions) -> EnvUsage:
 
 def account_chunk(raw: CacheChunkWalk) -> PkgsChunk:
     """The accounted form of one walked cache chunk."""
+    usage = account_tree(raw.walk)
+    path_ino = np.frombuffer(raw.walk.ino, dtype=np.uint64) if len(raw.walk.ino) else np.zeros(0, np.uint64)
+    path_package = np.frombuffer(raw.path_package, dtype=np.uint32) if len(raw.path_package) else np.zeros(0, np.uint32)
+    row_package, cleanable = package_rows(path_ino, path_package, raw.may_clean, usage.shared)
     return PkgsChunk(
         pkgs_dir=raw.pkgs_dir,
-        usage=account_tree(raw.walk),
+        usage=usage,
         packages=raw.packages,
         unreferenced_packages=raw.unreferenced_packages,
         unreferenced_bytes=raw.unreferenced_bytes,
@@ -103,6 +110,9 @@ def account_chunk(raw: CacheChunkWalk) -> PkgsChunk:
         package_dirs=raw.package_dirs,
         include_top=raw.include_top,
         all_package_dirs=raw.all_package_dirs,
+        dir_private_bytes=raw.dir_private_bytes,
+        cleanable=cleanable,
+        row_package=row_package,
     )
 
 

@@ -151,7 +151,7 @@ def rescan(
     errors += [e for chunks in new_pkgs.values() for c in chunks for e in c.usage.errors]
     errors += [e for chunks in replaced.values() for c in chunks.values() for e in c.usage.errors]
     errors += [e for u in new_rest.values() if u is not None for e in u.errors]
-    snapshot = assemble(parts, errors, started, previous=old)
+    snapshot = assemble(parts, errors, started, options.stale_after, previous=old)
     log.info(
         "rescanned %d env(s), %d whole cache(s), %d cache chunk(s), %d root(s), dropped %d env(s) in %.3f s",
         len(new_envs), len(new_pkgs), sum(map(len, replaced.values())), len(new_rest), len(removed_envs),

@@ -24,11 +24,14 @@ import numpy as np
 from exporter.model import (
     EnvContents,
     EnvUsage,
+    OwnerReclaim,
     PkgsChunk,
     PkgsUsage,
+    Reclaim,
     RootUsage,
     SharedInodes,
     Snapshot,
+    StaleReclaim,
     TreeUsage,
     WalkError,
 )
@@ -38,10 +41,11 @@ __all__ = ["FORMAT", "VERSION", "LoadedState", "load_state", "save_state"]
 log = logging.getLogger(__name__)
 
 FORMAT = "conda-env-exporter-state"
-VERSION = 1
+VERSION = 2  # 2: package-dir tables for what deleting envs frees
 _TYPES: dict[str, type[Any]] = {
     cls.__name__: cls
-    for cls in (Snapshot, RootUsage, EnvUsage, EnvContents, PkgsUsage, PkgsChunk, TreeUsage, SharedInodes, WalkError)
+    for cls in (Snapshot, RootUsage, EnvUsage, EnvContents, PkgsUsage, PkgsChunk, TreeUsage, SharedInodes, WalkError,
+                Reclaim, OwnerReclaim, StaleReclaim)
 }
 
 Fingerprints = dict[tuple[str, str, str], list[list[int]]]

@@ -16,6 +16,7 @@ from prometheus_client.utils import floatToGoString
 from exporter.expose.cache_metrics import PkgsCollector
 from exporter.expose.env_metrics import EnvCollector
 from exporter.expose.gzipstream import GzipPrefix, compress_prefix, finish
+from exporter.expose.reclaim_metrics import ReclaimCollector
 from exporter.expose.record_metrics import ContentsCollector
 from exporter.expose.root_metrics import RootCollector
 from exporter.expose.self_metrics import OLDEST_AGE, ExporterCollector, ResultAgeCollector, oldest_result_age
@@ -32,7 +33,13 @@ def _registry(*collectors: Collector) -> CollectorRegistry:
 
 
 def _snapshot_collectors(store: SnapshotStore) -> tuple[Collector, ...]:
-    return EnvCollector(store), ContentsCollector(store), PkgsCollector(store), RootCollector(store)
+    return (
+        EnvCollector(store),
+        ContentsCollector(store),
+        ReclaimCollector(store),
+        PkgsCollector(store),
+        RootCollector(store),
+    )
 
 
 def build_registry(store: SnapshotStore) -> CollectorRegistry:

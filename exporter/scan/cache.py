@@ -17,18 +17,21 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from array import array
+from dataclasses import dataclass, field
 
 from exporter.model import BLOCK_SIZE, WalkError
 from exporter.scan.walk import TreeWalk, error_kind, walk_tree
 
-__all__ = ["CacheChunkWalk", "list_package_dirs", "walk_pkgs_chunk"]
+__all__ = ["NO_PACKAGE", "CacheChunkWalk", "list_package_dirs", "walk_pkgs_chunk"]
 
 # Downloaded repodata, what `conda clean --index-cache` removes.
 INDEX_CACHE_DIR = "cache"
 # Top-level files nothing will use: interrupted downloads and what conda's own clean-up calls temp files.
 LEFTOVER_SUFFIXES = (".partial", ".trash", ".c~")
 TARBALL_SUFFIXES = (".tar.bz2", ".conda", ".tar.bz2.part", ".conda.part")
+NO_PACKAGE = 0xFFFFFFFF
+"""``path_package`` of a path that lies in no package dir (the cache dir's own top-level files)."""
 
 
 @dataclass
@@ -51,6 +54,13 @@ class CacheChunkWalk:
     package_dirs: tuple[str, ...]
     include_top: bool
     all_package_dirs: frozenset[str]
+    # Per entry of package_dirs: allocated bytes of its directories and single-link files, and whether
+    # conda clean may remove it once no file of it has a second link (a package dir, read fully).
+    dir_private_bytes: tuple[int, ...] = ()
+    may_clean: tuple[bool, ...] = ()
+    # Per hardlinked path of ``walk`` (its ino column): the index in package_dirs of the dir holding
+    # it, or NO_PACKAGE for the cache dir's own top-level files.
+    path_package: array[int] = field(default_factory=lambda: array("I"))
 
 
 def list_package_dirs(pkgs_dir: str) -> tuple[list[str], list[WalkError]]:
@@ -111,8 +121,13 @@ def walk_pkgs_chunk(
         merged.merge(top)
         tarballs, tarball_bytes, leftover_files_bytes = _count_tarballs(pkgs_dir, extra_errors)
     packages = unreferenced = unreferenced_blocks = index_cache_blocks = leftover_blocks = 0
-    for package_dir in package_dirs:
+    path_package = array("I", [NO_PACKAGE]) * len(merged.ino)
+    dir_private: list[int] = []
+    may_clean: list[bool] = []
+    for index, package_dir in enumerate(package_dirs):
         walk = walk_tree(package_dir, cross_filesystems=cross_filesystems)
+        path_package.extend(array("I", [index]) * len(walk.ino))
+        dir_private.append(walk.private_blocks * BLOCK_SIZE)
         if not merged.dev:
             merged.dev = walk.dev
         if os.path.basename(package_dir) == INDEX_CACHE_DIR:
@@ -122,7 +137,9 @@ def walk_pkgs_chunk(
         ):
             # an extraction that never finished (or a .trash dir): nothing can use it
             leftover_blocks += walk.private_blocks + sum(walk.blocks)
-        if os.path.isdir(os.path.join(package_dir, "info")) and not os.path.islink(package_dir):
+        is_package = os.path.isdir(os.path.join(package_dir, "info")) and not os.path.islink(package_dir)
+        may_clean.append(is_package and not walk.errors)
+        if is_package:
             packages += 1
             # conda's rule: no file with st_nlink > 1. A package we could not read fully is not
             # declared unreferenced: conda would fail on it too.
@@ -144,4 +161,7 @@ def walk_pkgs_chunk(
         package_dirs=tuple(package_dirs),
         include_top=include_top,
         all_package_dirs=all_package_dirs,
+        dir_private_bytes=tuple(dir_private),
+        may_clean=tuple(may_clean),
+        path_package=path_package,
     )

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from exporter.account.links import distinct_bytes, distinct_bytes_update
+from exporter.account.reclaim import reclaim_figures
 from exporter.discover.roots import RootLayout
 from exporter.model import EnvUsage, PkgsChunk, PkgsUsage, RootUsage, Snapshot, TreeUsage, WalkError
 
@@ -133,12 +134,15 @@ def assemble(
     parts: Sequence[RootParts],
     errors: Sequence[WalkError],
     started: float,
+    stale_after: float,
+    *,
     previous: Snapshot | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Snapshot:
     """The Snapshot of ``parts``. ``errors`` are those met by the walks behind it (logged here, and
     counted by the store when it is published); ``started`` is the ``time.monotonic()`` at which its
-    scan began; with ``previous``, root totals are updated from it (see the module doc)."""
+    scan began; envs idle for more than ``stale_after`` seconds count as stale; with ``previous``, root
+    totals are updated from it (see the module doc)."""
     roots: list[RootUsage] = []
     envs: list[EnvUsage] = []
     pkgs: list[PkgsUsage] = []
@@ -152,14 +156,16 @@ def assemble(
         pkgs.extend(caches)
         rest.extend((root, usage) for usage in part.rest)
     log_errors(errors)
+    completed = clock()
     return Snapshot(
         roots=tuple(roots),
         envs=tuple(envs),
         pkgs=tuple(pkgs),
-        completed_at=clock(),
+        completed_at=completed,
         duration_seconds=time.monotonic() - started,
         errors=tuple(errors),
         rest=tuple(rest),
+        reclaim=reclaim_figures(envs, pkgs, [p.layout.path for p in parts], stale_after, completed),
     )
 
 

@@ -51,4 +51,4 @@ def full_scan(
         )
         for layout in layouts
     ]
-    return assemble(parts, errors, started, clock=clock)
+    return assemble(parts, errors, started, options.stale_after, clock=clock)

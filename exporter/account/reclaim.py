@@ -1,0 +1,230 @@
+"""Account stage, what can be freed: the bytes deleting a set of envs and then running ``conda clean
+--packages`` would free, beyond what that clean alone frees.
+
+conda's clean rule (``conda/cli/main_clean.py``): an extracted package dir of a cache is removed when
+none of its files has ``st_nlink > 1``. So after deleting the envs of a set S, a package dir is
+removed exactly when each of its hardlinked inodes loses every link but its own one, and an inode
+disappears when every link it has lies in S or in such a package dir. From the tables the walks
+already keep (per tree: each shared inode's links found there and its ``st_nlink``) that is exact:
+
+    reclaimable(S) = unique bytes of each env of S
+                   + inodes whose links all lie in S's envs (counted once)
+                   + every package dir S's deletion makes cleanable: its dirs, single-link files
+                     and hardlinked inodes.
+
+A package dir holding an inode with two links in the cache (a hardlink inside itself, or to another
+package dir) keeps ``st_nlink > 1`` whatever is deleted: conda never cleans it, and neither does this.
+Packages already unreferenced are what clean alone frees (``conda_pkgs_unreferenced_bytes``) and are
+not counted. Inodes are per device: envs on another filesystem than a cache share nothing with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from exporter.model import BLOCK_SIZE, I32, EnvUsage, OwnerReclaim, PkgsUsage, Reclaim, SharedInodes, StaleReclaim
+
+__all__ = ["CacheIndex", "Freed", "package_rows", "reclaim_figures", "reclaimable"]
+
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+NO_PACKAGE = 0xFFFFFFFF  # exporter.scan.cache.NO_PACKAGE
+
+
+def package_rows(
+    path_ino: U64, path_package: npt.NDArray[np.uint32], may_clean: Sequence[bool], table: SharedInodes
+) -> tuple[I32, tuple[bool, ...]]:
+    """For one walked cache chunk: the package dir (index in its package_dirs, or -1) of each row of its
+    shared table, and which of its dirs conda clean may remove. ``path_ino``/``path_package``: inode and
+    package dir of each hardlinked path walked; ``may_clean``: per dir, a package read fully."""
+    cleanable = np.array(may_clean, dtype=bool)
+    if not len(path_ino) or not len(cleanable):
+        return np.full(len(table), -1, np.int32), tuple(bool(c) for c in cleanable)
+    distinct, first, inverse, counts = np.unique(path_ino, return_index=True, return_inverse=True, return_counts=True)
+    twice = counts[inverse] >= 2  # an inode with two links in this chunk pins every dir holding one
+    pinned = path_package[twice]
+    cleanable[pinned[pinned != NO_PACKAGE].astype(np.int64)] = False
+    package = path_package[first].astype(np.int64)
+    package[package == NO_PACKAGE] = -1
+    package[counts >= 2] = -1
+    known = package >= 0
+    package[known & ~cleanable[np.where(known, package, 0)]] = -1
+    rows = np.searchsorted(distinct, table.ino) if len(table) else np.zeros(0, np.int64)
+    return package[rows].astype(np.int32), tuple(bool(c) for c in cleanable)
+
+
+@dataclass(frozen=True)
+class _DeviceRows:
+    ino: U64  # sorted, unique: hardlinked inodes of cleanable package dirs
+    need: I64  # links each must lose for its dir to be cleanable (st_nlink - 1)
+    package: I64  # global package id
+
+
+@dataclass(frozen=True)
+class Freed:
+    """What deleting a set of envs and cleaning frees beyond clean alone: ``bytes`` in all, and the
+    package dirs clean would then remove, as (path, allocated bytes)."""
+
+    bytes: int
+    packages: tuple[tuple[str, int], ...]
+
+
+class CacheIndex:
+    """Every cleanable package dir of some caches and its hardlinked inodes, looked up by (dev, ino).
+
+    Built once per snapshot from the caches' chunk tables; a cache listed by two roots counts once.
+    """
+
+    def __init__(self, caches: Iterable[PkgsUsage]) -> None:
+        paths: list[str] = []
+        freed_bytes: list[int] = []
+        by_dev: dict[int, tuple[list[U64], list[I64], list[I64], list[U64]]] = {}
+        seen: set[str] = set()
+        for cache in caches:
+            if cache.path in seen:
+                continue
+            seen.add(cache.path)
+            for chunk in cache.chunks:
+                base = len(paths)
+                ids = np.full(len(chunk.cleanable), -1, np.int64)
+                for index, (path, cleanable) in enumerate(zip(chunk.package_dirs, chunk.cleanable, strict=False)):
+                    if cleanable:
+                        ids[index] = len(paths)
+                        paths.append(path)
+                        freed_bytes.append(chunk.dir_private_bytes[index])
+                table = chunk.usage.shared
+                if not len(table) or not len(chunk.row_package) or len(paths) == base:
+                    continue
+                row_package = chunk.row_package.astype(np.int64)
+                keep = row_package >= 0
+                inos, needs, packages, blocks = by_dev.setdefault(table.dev, ([], [], [], []))
+                inos.append(table.ino[keep])
+                needs.append(table.nlink[keep].astype(np.int64) - 1)
+                packages.append(ids[row_package[keep]])
+                blocks.append(table.blocks[keep])
+        self.paths = tuple(paths)
+        package_bytes = np.array(freed_bytes, dtype=np.int64)
+        rows = np.zeros(len(paths), np.int64)
+        settled = np.zeros(len(paths), np.int64)  # rows that need to lose no link (st_nlink fell to 1)
+        never = np.zeros(len(paths), bool)
+        self._devices: dict[int, _DeviceRows] = {}
+        for dev, (inos, needs, packages, blocks) in by_dev.items():
+            ino = np.concatenate(inos)
+            need = np.concatenate(needs)
+            package = np.concatenate(packages)
+            block = np.concatenate(blocks)
+            distinct, first, counts = np.unique(ino, return_index=True, return_counts=True)
+            # An inode in two caches' package dirs keeps a second link whatever is deleted: neither dir
+            # is ever cleaned.
+            twice = np.isin(ino, distinct[counts >= 2])
+            never[package[twice]] = True
+            np.add.at(package_bytes, package[~twice], (block[~twice] * BLOCK_SIZE).astype(np.int64))
+            np.add.at(rows, package[~twice], 1)
+            np.add.at(settled, package[~twice & (need <= 0)], 1)
+            once = counts == 1
+            self._devices[dev] = _DeviceRows(distinct[once], need[first[once]], package[first[once]])
+        self._bytes = package_bytes
+        # Rows that must lose links for their package dir to be cleaned; 0 for packages that clean
+        # alone removes (never part of what is freed) and for those that can never be cleaned.
+        self._open = np.where(never, 0, rows - settled)
+
+    def _cleaned(self, hits: Iterable[tuple[I64, I64]]) -> I64:
+        """Package ids cleaned once the given links go: ``hits`` pairs package ids of rows with
+        whether (1/0) each row then has no link left but its own."""
+        satisfied = np.zeros(len(self.paths), np.int64)
+        touched = np.zeros(len(self.paths), bool)
+        for package, done in hits:
+            np.add.at(satisfied, package, done)
+            touched[package] = True
+        return np.flatnonzero(touched & (self._open > 0) & (satisfied == self._open))
+
+    def lookup(self, dev: int, ino: U64, links: I64) -> tuple[npt.NDArray[np.bool_], tuple[I64, I64] | None]:
+        """Which of ``ino`` (sorted, unique, on ``dev``) are held by a cleanable package dir, and the
+        (package id, row satisfied) pairs of those rows when ``links`` of each go."""
+        rows = self._devices.get(dev)
+        if rows is None or not len(rows.ino) or not len(ino):
+            return np.zeros(len(ino), bool), None
+        pos = np.minimum(np.searchsorted(rows.ino, ino), len(rows.ino) - 1)
+        hit = rows.ino[pos] == ino
+        need = rows.need[pos[hit]]
+        done = ((need > 0) & (links[hit] >= need)).astype(np.int64)
+        return hit, (rows.package[pos[hit]], done)
+
+    def freed_packages(self, hits: Iterable[tuple[I64, I64]]) -> tuple[tuple[str, int], ...]:
+        cleaned = self._cleaned(hits)
+        return tuple((self.paths[i], int(self._bytes[i])) for i in cleaned)
+
+
+def _links_by_device(envs: Sequence[EnvUsage]) -> dict[int, tuple[U64, I64, U64, U64]]:
+    """Per device, over the shared tables of ``envs``: each inode (sorted, unique) with the links the
+    envs hold, its st_nlink and its blocks. Rows already private to their env are left out: they are in
+    its unique bytes."""
+    by_dev: dict[int, list[SharedInodes]] = {}
+    for env in envs:
+        if len(env.usage.shared):
+            by_dev.setdefault(env.usage.dev, []).append(env.usage.shared)
+    result: dict[int, tuple[U64, I64, U64, U64]] = {}
+    for dev, tables in by_dev.items():
+        masks = [t.found < t.nlink for t in tables]
+        ino = np.concatenate([t.ino[m] for t, m in zip(tables, masks, strict=True)])
+        found = np.concatenate([t.found[m] for t, m in zip(tables, masks, strict=True)]).astype(np.int64)
+        nlink = np.concatenate([t.nlink[m] for t, m in zip(tables, masks, strict=True)])
+        blocks = np.concatenate([t.blocks[m] for t, m in zip(tables, masks, strict=True)])
+        if len(tables) == 1:
+            result[dev] = (ino, found, nlink, blocks)
+            continue
+        distinct, first, inverse = np.unique(ino, return_index=True, return_inverse=True)
+        links = np.zeros(len(distinct), np.int64)
+        np.add.at(links, inverse, found)
+        result[dev] = (distinct, links, nlink[first], blocks[first])
+    return result
+
+
+def reclaimable(index: CacheIndex, envs: Sequence[EnvUsage]) -> Freed:
+    """What deleting every env of ``envs`` and then running ``conda clean --packages`` frees, beyond
+    what that clean alone would free (see the module doc)."""
+    total = sum(env.usage.unique_bytes for env in envs)
+    hits: list[tuple[I64, I64]] = []
+    for dev, (ino, links, nlink, blocks) in _links_by_device(envs).items():
+        held, pairs = index.lookup(dev, ino, links)
+        gone = ~held & (links >= nlink.astype(np.int64))
+        total += int(blocks[gone].sum()) * BLOCK_SIZE
+        if pairs is not None:
+            hits.append(pairs)
+    packages = index.freed_packages(hits)
+    return Freed(total + sum(size for _, size in packages), packages)
+
+
+def _deletable(env: EnvUsage) -> bool:
+    """conda cannot remove a root's base env (its prefix is the root itself)."""
+    return env.prefix != env.root
+
+
+def reclaim_figures(
+    envs: Sequence[EnvUsage], caches: Sequence[PkgsUsage], roots: Sequence[str], stale_after: float, now: float
+) -> Reclaim:
+    """Per env, per (root, owner) and per root's stale envs, what deleting them and cleaning frees.
+    An env is stale when its last conda transaction is more than ``stale_after`` seconds before
+    ``now`` (a Unix time); one without a history file has no known age and is never stale."""
+    index = CacheIndex(caches)
+    per_env = tuple((env.prefix, reclaimable(index, [env]).bytes) for env in envs)
+    groups: dict[tuple[str, str], list[EnvUsage]] = {}
+    stale: dict[str, list[EnvUsage]] = {root: [] for root in roots if root}
+    for env in filter(_deletable, envs):
+        groups.setdefault((env.root, env.contents.owner), []).append(env)
+        last = env.contents.last_transaction
+        if env.root in stale and last is not None and now - last > stale_after:
+            stale[env.root].append(env)
+    owners = tuple(
+        OwnerReclaim(root, owner, len(members), reclaimable(index, members).bytes)
+        for (root, owner), members in sorted(groups.items())
+    )
+    stale_sets = tuple(
+        StaleReclaim(root, len(members), reclaimable(index, members).bytes if members else 0)
+        for root, members in stale.items()
+    )
+    return Reclaim(per_env, owners, stale_sets, stale_after, now)
