@@ -42,8 +42,8 @@ def build(root: Path) -> None:
     for name, packages in ENVS.items():
         prefix = root / "envs" / name
         (prefix / "conda-meta").mkdir(parents=True)
-        for package in packages:
-            link_package(prefix, pkgs, PACKAGES[package], copy=False)
+        for package_name in packages:
+            link_package(prefix, pkgs, PACKAGES[package_name], copy=False)
         history = prefix / "conda-meta" / "history"
         history.write_text(f"# cmd: conda create -n {name}\n")
         if name.startswith("old-"):
