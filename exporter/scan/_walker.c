@@ -1,21 +1,24 @@
 /*
  * exporter.scan._walker: the per-path loop of exporter.scan.walk.walk_tree, in C.
  *
- * Same contract as the Python loop in walk.py (which stays as the fallback and the reference the tests
- * compare both against an independent oracle): never follow symlinks, stay on one filesystem unless
- * told otherwise, record errors and go on. The whole walk runs without the GIL, so the scanner's
- * worker threads or processes overlap their stat calls; per path it does one fstatat(), which is what
- * GNU du does, instead of building a Python DirEntry and stat_result.
+ * Same contract as the Python loop in walk.py (_walk_python, which stays as the fallback; the tests
+ * check both against an independent find/du oracle and against each other): never follow symlinks,
+ * stay on one filesystem unless told otherwise, record errors and go on. The whole walk runs without
+ * the GIL, so the process's other threads (HTTP server, inotify reader) go on meanwhile; scans run in
+ * parallel on processes (run_tasks in exporter/scan/workers.py). Per path it does one fstatat(), which
+ * is what GNU du does, instead of building a Python DirEntry and stat_result (plus one more per
+ * single-link file a package installed, to look for it in the package's cache entry).
  *
  * walk(top: bytes, dev: int, exclude: iterable[str], cross: bool,
  *      files: sequence[sequence[str]] | None, relocated: sequence[iterable[str]],
- *      cache_entries: sequence[str | None]) -> tuple
- * walks the entries below `top` (the caller has counted `top` itself) and returns
- * (dirs, files, hardlinked, apparent_bytes, private_blocks, skipped_mounts, untracked_files,
- *  untracked_blocks, ino, nlink, blocks, errors, package_blocks, cached_single_blocks,
- *  uncached_single_blocks): ino/nlink/blocks are native-endian uint64 bytes, errors a list of
- * (errno, path: str), the last three lists of st_blocks per package index. The package arguments are
- * exporter.scan.walk.Ownership's fields; with files None the walk does no per-path string work.
+ *      cache_entries: sequence[str | None]) -> WalkResult
+ * walks the entries below `top` (the caller has counted `top` itself) and returns a WalkResult, a
+ * struct sequence (like os.stat_result) read by field name; walk_result_fields below documents each
+ * field, and the counters are named as exporter.scan.walk.TreeWalk's. ino/nlink/blocks are
+ * native-endian uint64 bytes, errors a list of (errno, path: str), package_blocks,
+ * cached_single_blocks and uncached_single_blocks lists of st_blocks per package index (empty with
+ * files None). The package arguments are exporter.scan.walk.Ownership's fields; with files None the
+ * walk does no per-path string work.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -118,7 +121,7 @@ static void strmap_put(strmap *m, const char *key, size_t len, int64_t value) {
             s->key = key;
             s->len = len;
             s->hash = h;
-            s->value = value; /* the last record wins a clash, as in EnvMetadata.owned_paths */
+            s->value = value; /* the last record wins a clash, as in _walk_python's `owned` */
             return;
         }
     }
@@ -486,6 +489,77 @@ static PyObject *blocks_list(const int64_t *values, Py_ssize_t n) {
     return list;
 }
 
+/* The fields of WalkResult, in the order they are set; F_COUNT is their number. */
+enum {
+    F_DIRS, F_FILES, F_HARDLINKED_FILES, F_APPARENT_BYTES, F_PRIVATE_BLOCKS, F_SKIPPED_MOUNTS,
+    F_UNTRACKED_FILES, F_UNTRACKED_BLOCKS, F_INO, F_NLINK, F_BLOCKS, F_ERRORS,
+    F_PACKAGE_BLOCKS, F_CACHED_SINGLE_BLOCKS, F_UNCACHED_SINGLE_BLOCKS, F_COUNT
+};
+
+static PyStructSequence_Field walk_result_fields[] = {
+    [F_DIRS] = {"dirs", "directories below top, top not included"},
+    [F_FILES] = {"files", "non-directories (symlinks included)"},
+    [F_HARDLINKED_FILES] = {"hardlinked_files", "non-directories with st_nlink > 1"},
+    [F_APPARENT_BYTES] = {"apparent_bytes", "st_size of every path below top"},
+    [F_PRIVATE_BLOCKS] = {"private_blocks", "st_blocks of directories and of non-directories with one link"},
+    [F_SKIPPED_MOUNTS] = {"skipped_mounts", "directories on another device, not entered"},
+    [F_UNTRACKED_FILES] = {"untracked_files", "non-directories no package owns, outside conda-meta/"},
+    [F_UNTRACKED_BLOCKS] = {"untracked_blocks", "st_blocks of those, each inode once"},
+    [F_INO] = {"ino", "st_ino per hardlinked non-directory, native-endian uint64 bytes"},
+    [F_NLINK] = {"nlink", "st_nlink per hardlinked non-directory, native-endian uint64 bytes"},
+    [F_BLOCKS] = {"blocks", "st_blocks per hardlinked non-directory, native-endian uint64 bytes"},
+    [F_ERRORS] = {"errors", "list of (errno, path) met on the way"},
+    [F_PACKAGE_BLOCKS] = {"package_blocks", "st_blocks of each package's paths, by package index"},
+    [F_CACHED_SINGLE_BLOCKS] = {"cached_single_blocks",
+                                "st_blocks of each package's single-link, not relocated regular files that "
+                                "its cache entry holds too, by package index"},
+    [F_UNCACHED_SINGLE_BLOCKS] = {"uncached_single_blocks",
+                                  "st_blocks of each package's single-link, not relocated regular files that "
+                                  "its cache entry does not hold, by package index"},
+    [F_COUNT] = {NULL, NULL},
+};
+
+static PyStructSequence_Desc walk_result_desc = {
+    "exporter.scan._walker.WalkResult",
+    "What walk() found below a directory (see exporter.scan.walk.TreeWalk).",
+    walk_result_fields,
+    F_COUNT,
+};
+
+static PyTypeObject *walk_result_type; /* made once, in PyInit__walker */
+
+/* Store `value` (a new reference, NULL on error) as field `index` of `result`. */
+static int set_field(PyObject *result, int index, PyObject *value) {
+    if (!value) return -1;
+    PyStructSequence_SET_ITEM(result, index, value);
+    return 0;
+}
+
+/* The WalkResult of a finished walk. */
+static PyObject *walk_result(const walk_state *w) {
+    PyObject *result = PyStructSequence_New(walk_result_type);
+    if (!result) return NULL;
+    if (set_field(result, F_DIRS, PyLong_FromLongLong(w->dirs)) < 0 ||
+        set_field(result, F_FILES, PyLong_FromLongLong(w->files)) < 0 ||
+        set_field(result, F_HARDLINKED_FILES, PyLong_FromLongLong(w->hardlinked)) < 0 ||
+        set_field(result, F_APPARENT_BYTES, PyLong_FromLongLong(w->apparent)) < 0 ||
+        set_field(result, F_PRIVATE_BLOCKS, PyLong_FromLongLong(w->private_blocks)) < 0 ||
+        set_field(result, F_SKIPPED_MOUNTS, PyLong_FromLongLong(w->skipped_mounts)) < 0 ||
+        set_field(result, F_UNTRACKED_FILES, PyLong_FromLongLong(w->untracked_files)) < 0 ||
+        set_field(result, F_UNTRACKED_BLOCKS, PyLong_FromLongLong(w->untracked_blocks)) < 0 ||
+        set_field(result, F_INO, vec_bytes(&w->ino)) < 0 ||
+        set_field(result, F_NLINK, vec_bytes(&w->nlink)) < 0 ||
+        set_field(result, F_BLOCKS, vec_bytes(&w->blocks)) < 0 ||
+        set_field(result, F_ERRORS, items_list(&w->errors)) < 0 ||
+        set_field(result, F_PACKAGE_BLOCKS, blocks_list(w->package_blocks, w->packages)) < 0 ||
+        set_field(result, F_CACHED_SINGLE_BLOCKS, blocks_list(w->cached_single, w->packages)) < 0 ||
+        set_field(result, F_UNCACHED_SINGLE_BLOCKS, blocks_list(w->uncached_single, w->packages)) < 0) {
+        Py_DECREF(result); /* (unset fields are NULL; the dealloc skips them) */
+        return NULL;
+    }
+    return result;
+}
+
 static PyObject *walker_walk(PyObject *Py_UNUSED(self), PyObject *args) {
     const char *top;
     Py_ssize_t top_len;
@@ -512,11 +586,7 @@ static PyObject *walker_walk(PyObject *Py_UNUSED(self), PyObject *args) {
         PyErr_NoMemory();
         goto out;
     }
-    result = Py_BuildValue("(LLLLLLLLNNNNNNN)", w.dirs, w.files, w.hardlinked, w.apparent, w.private_blocks,
-                           w.skipped_mounts, w.untracked_files, w.untracked_blocks, vec_bytes(&w.ino),
-                           vec_bytes(&w.nlink), vec_bytes(&w.blocks), items_list(&w.errors),
-                           blocks_list(w.package_blocks, w.packages), blocks_list(w.cached_single, w.packages),
-                           blocks_list(w.uncached_single, w.packages));
+    result = walk_result(&w);
 out:
     Py_XDECREF(holder);
     free(w.exclude.slots);
@@ -536,7 +606,8 @@ out:
 }
 
 static PyMethodDef walker_methods[] = {
-    {"walk", walker_walk, METH_VARARGS, "Walk below a directory without the GIL (see exporter.scan.walk.walk_tree)."},
+    {"walk", walker_walk, METH_VARARGS,
+     "Walk below a directory without the GIL and return a WalkResult (see exporter.scan.walk.walk_tree)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -545,4 +616,9 @@ static struct PyModuleDef walker_module = {
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__walker(void) { return PyModule_Create(&walker_module); }
+PyMODINIT_FUNC PyInit__walker(void) {
+    if (!walk_result_type && !(walk_result_type = PyStructSequence_NewType(&walk_result_desc))) return NULL;
+    PyObject *module = PyModule_Create(&walker_module);
+    if (module && PyModule_AddObjectRef(module, "WalkResult", (PyObject *)walk_result_type) < 0) Py_CLEAR(module);
+    return module;
+}

@@ -159,30 +159,22 @@ def _walk_native(result: TreeWalk, exclude: frozenset[str], cross: bool, ownersh
     files, relocated, entries = (
         (ownership.files, ownership.relocated, ownership.cache_entries) if ownership else (None, (), ())
     )
-    (
-        dirs,
-        result.files,
-        result.hardlinked_files,
-        apparent,
-        private_blocks,
-        result.skipped_mounts,
-        result.untracked_files,
-        result.untracked_blocks,
-        ino,
-        nlink,
-        blocks,
-        errors,
-        result.package_blocks,
-        result.cached_single_blocks,
-        result.uncached_single_blocks,
-    ) = _native.walk(os.fsencode(result.path), result.dev, exclude, cross, files, relocated, entries)
-    result.dirs += dirs
-    result.apparent_bytes += apparent
-    result.private_blocks += private_blocks
-    result.ino.frombytes(ino)
-    result.nlink.frombytes(nlink)
-    result.blocks.frombytes(blocks)
-    result.errors.extend(WalkError(errno_kind(code), path, os.strerror(code)) for code, path in errors)
+    walked = _native.walk(os.fsencode(result.path), result.dev, exclude, cross, files, relocated, entries)
+    result.dirs += walked.dirs
+    result.files += walked.files
+    result.hardlinked_files += walked.hardlinked_files
+    result.apparent_bytes += walked.apparent_bytes
+    result.private_blocks += walked.private_blocks
+    result.skipped_mounts = walked.skipped_mounts
+    result.untracked_files = walked.untracked_files
+    result.untracked_blocks = walked.untracked_blocks
+    result.ino.frombytes(walked.ino)
+    result.nlink.frombytes(walked.nlink)
+    result.blocks.frombytes(walked.blocks)
+    result.errors.extend(WalkError(errno_kind(code), path, os.strerror(code)) for code, path in walked.errors)
+    result.package_blocks = walked.package_blocks
+    result.cached_single_blocks = walked.cached_single_blocks
+    result.uncached_single_blocks = walked.uncached_single_blocks
 
 
 def _in_cache(entry: str | None, rel: str) -> bool:
