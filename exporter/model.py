@@ -288,6 +288,6 @@ class Snapshot:
     @cached_property
     def oldest_scanned_at(self) -> float | None:
         """Unix time of the least recently computed env result, None without envs (computed once:
-        every scrape asks for it)."""
+        every render of the self-metrics asks for it)."""
         return min((e.scanned_at for e in self.envs), default=None)
 

@@ -228,8 +228,10 @@ def exporter_health() -> Dashboard:
            Target(f"increase(conda_exporter_queue_overflows_total{{{HOST}}}[1h])",
                   "{{instance}} overflows/h")), unit="short", w=9, h=6),
         p("stat", "Oldest result", "Age of the oldest numbers served: how long since the least recently "
-          "verified env was last measured.",
-          (Target(f"conda_exporter_oldest_result_age_seconds{{{HOST}}}", "{{instance}}", instant=True),),
+          "verified env was last measured (time() minus the exporter's timestamp of it; no value while the "
+          "exporter serves no env).",
+          (Target(f"time() - conda_exporter_oldest_result_timestamp_seconds{{{HOST}}}", "{{instance}}",
+                  instant=True),),
           unit="s", w=6, h=5, thresholds=(("green", None), ("orange", 7 * 3600), ("red", 13 * 3600))),
         p("stat", "Results verified", "1 once the numbers restored from the state file were checked against "
           "the disk; 0 while they are still unverified.",

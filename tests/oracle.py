@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -136,6 +136,8 @@ class ContentsNumbers:
     untracked_bytes: int
     untracked_files: int
     copied_bytes: int
+    # package cache dir -> bytes of the copies whose cache entry there, on the env's filesystem, still holds the path
+    dedupable_bytes: dict[str, int] = field(default_factory=dict)
 
 
 def contents_numbers(prefix: Path, pkgs_dirs: list[Path], prune: list[Path] | None = None) -> ContentsNumbers:
@@ -155,14 +157,16 @@ def contents_numbers(prefix: Path, pkgs_dirs: list[Path], prune: list[Path] | No
     cmd: list[str] = ["find", str(prefix), "-xdev", "-mindepth", "1"]
     for path in prune or []:
         cmd += ["-path", str(path), "-prune", "-o"]
-    cmd += ["!", "-type", "d", "-printf", "%P\\0%i\\0%n\\0%b\\0%y\\0"]
+    cmd += ["!", "-type", "d", "-printf", "%P\\0%i\\0%n\\0%b\\0%y\\0%D\\0"]
     fields = subprocess.run(cmd, check=True, capture_output=True).stdout.split(b"\0")[:-1]
     untracked_files = 0
     untracked_inodes: dict[int, int] = {}
     copied = 0
-    for i in range(0, len(fields), 5):
+    dedupable: dict[str, int] = {}
+    for i in range(0, len(fields), 6):
         rel = os.fsdecode(fields[i])
         ino, nlink, blocks, kind = int(fields[i + 1]), int(fields[i + 2]), int(fields[i + 3]), fields[i + 4]
+        dev = int(fields[i + 5])
         if rel.startswith("conda-meta/"):
             continue
         record = owned.get(rel)
@@ -181,14 +185,18 @@ def contents_numbers(prefix: Path, pkgs_dirs: list[Path], prune: list[Path] | No
         dist = f"{record['name']}-{record['version']}-{record['build']}"
         sources = [Path(str(link["source"]))] if link.get("source") else []
         sources += [d / dist for d in pkgs_dirs]
-        cached = any((s / rel).is_file() and not (s / rel).is_symlink() for s in sources if s.is_dir())
-        if link.get("type") in (3, "copy") or cached:
+        holding = [s for s in sources if s.is_dir() and (s / rel).is_file() and not (s / rel).is_symlink()]
+        if link.get("type") in (3, "copy") or holding:
             copied += blocks
+        if holding and holding[0].stat().st_dev == dev:  # a hardlink to it could replace the copy
+            cache = str(holding[0].parent)
+            dedupable[cache] = dedupable.get(cache, 0) + blocks * 512
     return ContentsNumbers(
         packages=packages,
         untracked_bytes=sum(untracked_inodes.values()) * 512,
         untracked_files=untracked_files,
         copied_bytes=copied * 512,
+        dedupable_bytes=dedupable,
     )
 
 

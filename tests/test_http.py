@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 import exporter.expose.server
 from exporter.discover.roots import discover_root
-from exporter.expose.server import MAX_HEADERS, MAX_LINE_BYTES, MetricsServer, make_app
+from exporter.expose.server import MAX_HEADERS, MAX_LINE_BYTES, MetricsServer, accepts_gzip, make_app
 from exporter.snapshot.full import full_scan
 from exporter.snapshot.store import SnapshotStore
 from tests.exposition import samples
@@ -170,22 +170,34 @@ def test_head_with_a_bad_header_gets_no_body(server: MetricsServer) -> None:
     assert answer.startswith(b"HTTP/1.1 400 ") and answer.endswith(b"\r\n\r\n")
 
 
-def test_gzip_when_asked_decompresses_to_the_plain_exposition(server: MetricsServer) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
-    conn.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
-    response = conn.getresponse()
-    packed = response.read()
-    conn.close()
-    assert response.getheader("Content-Encoding") == "gzip"
-    assert int(response.getheader("Content-Length", "-1")) == len(packed)
-    plain_response, plain = request(server, "GET", "/metrics")
+def test_scrapes_between_changes_get_identical_bytes_and_the_gzip_is_the_plain_body(server: MetricsServer) -> None:
+    def scrape(gzipped: bool) -> tuple[http.client.HTTPResponse, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        conn.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"} if gzipped else {})
+        response = conn.getresponse()
+        body = response.read()
+        conn.close()
+        assert int(response.getheader("Content-Length", "-1")) == len(body)
+        assert response.getheader("Vary") == "Accept-Encoding"
+        return response, body
+
+    (packed_response, packed), (_, packed_again) = scrape(True), scrape(True)
+    (plain_response, plain), (_, plain_again) = scrape(False), scrape(False)
+    assert packed_response.getheader("Content-Encoding") == "gzip"
     assert plain_response.getheader("Content-Encoding") is None
+    assert packed_again == packed and plain_again == plain  # cached whole: nothing moves with the clock
+    assert gzip.decompress(packed) == plain
     assert len(packed) < len(plain) // 4
 
-    def stable(text: bytes) -> list[str]:
-        return [x for x in text.decode().splitlines() if not x.startswith("conda_exporter_oldest_result_age_seconds ")]
 
-    assert stable(gzip.decompress(packed)) == stable(plain)
+@pytest.mark.parametrize(
+    ("header", "accepted"),
+    [("gzip", True), ("GZIP", True), ("gzip, deflate, br", True), ("br;q=1.0, gzip;q=0.8", True),
+     ("x-gzip", True), ("*", True), ("", False), ("identity", False), ("deflate", False),
+     ("gzip;q=0", False), ("gzip;q=0, *", False), ("gzip;q=bogus", False), ("*;q=0", False)],
+)
+def test_accept_encoding(header: str, accepted: bool) -> None:
+    assert accepts_gzip(header) is accepted
 
 
 def test_serves_on_ipv6(store: SnapshotStore) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-import time
 from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -11,6 +10,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.model import Snapshot
 from exporter.scan import walk
 from exporter.snapshot.store import DURATION_BUCKETS, SnapshotStore
 
@@ -37,8 +37,11 @@ SELF_GAUGES = {
     "conda_exporter_watch_limit_reached": "1 if the kernel refused a watch (inotify limits) and polling took over.",
     "conda_exporter_results_verified": "0 while serving numbers loaded from the state file that no scan confirmed yet.",
 }
-OLDEST_AGE = "conda_exporter_oldest_result_age_seconds"
-OLDEST_AGE_HELP = "Age of the oldest env result served (now minus its scan time)."
+OLDEST_RESULT = "conda_exporter_oldest_result_timestamp_seconds"
+OLDEST_RESULT_HELP = (
+    "Unix time at which the least recently computed env result served was computed (no sample without envs); "
+    "its age is time() - this."
+)
 STATE_LOADED = "conda_exporter_state_loaded"
 STATE_LOADED_HELP = (
     "1 for how loading the state file at start went: ok, missing, corrupt, version (another format) or "
@@ -50,7 +53,8 @@ ENVS_HELP = "Environments in the latest snapshot, over all roots."
 
 
 class ExporterCollector(Collector):
-    """Renders the exporter's self-metrics that change only with the store (see ``store.version``)."""
+    """Renders the exporter's self-metrics; every one changes only with the store (see ``store.version``),
+    none with the clock."""
 
     def __init__(self, store: SnapshotStore) -> None:
         self._store = store
@@ -113,20 +117,24 @@ class ExporterCollector(Collector):
             for result in STATE_RESULTS:
                 state.add_metric((result,), 1 if health.state_loaded == result else 0)
         yield state
+        yield oldest_result(snapshot)
 
 
-class ResultAgeCollector(Collector):
-    """The one self-metric that moves with the clock, apart so the rest can be rendered once per change."""
+def oldest_result(snapshot: Snapshot | None) -> GaugeMetricFamily:
+    """``conda_exporter_oldest_result_timestamp_seconds``: when the least recently computed env result
+    served was computed (an env's ``scanned_at``; after a warm restart possibly long before this
+    process started). A timestamp, not an age, so the exposition only changes with the store and is
+    rendered and compressed once per change; PromQL takes the age: ``time() - x``.
 
-    def __init__(self, store: SnapshotStore) -> None:
-        self._store = store
-
-    def collect(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily(OLDEST_AGE, OLDEST_AGE_HELP, value=oldest_result_age(self._store, time.time()))
-
-
-def oldest_result_age(store: SnapshotStore, now: float) -> float:
-    """Seconds since the least recently computed env result at Unix time ``now`` (0 without envs)."""
-    snapshot = store.snapshot
-    oldest = snapshot.oldest_scanned_at if snapshot else None
-    return max(0.0, now - oldest) if oldest is not None else 0.0
+    Without envs (an empty root, or before the first scan) the family has no sample. There is then no
+    env result that could be stale, and an absent series is what makes ``time() - x > N`` alerts and
+    the age panel right: they stay silent or show no value. A 0 would read as 1970, a decades-old
+    result that fires every staleness alert; the snapshot's completion time would pass off a scan as
+    an env result and only repeat ``conda_exporter_last_scan_success_timestamp_seconds``, which
+    already answers "are scans still completing" (and has its own alert).
+    """
+    family = GaugeMetricFamily(OLDEST_RESULT, OLDEST_RESULT_HELP)
+    oldest = snapshot.oldest_scanned_at if snapshot is not None else None
+    if oldest is not None:
+        family.add_metric((), oldest)
+    return family

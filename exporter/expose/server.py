@@ -1,6 +1,7 @@
 """HTTP front: ``/metrics`` from the latest snapshot, ``/healthz``, ``/readyz`` and a landing page.
 
-A scrape renders the snapshot held in memory; it never triggers or waits for a scan.
+A scrape is answered with the exposition rendered (and gzip-compressed) once per change of the store
+(``exposition.ExpositionCache``); it never triggers or waits for a scan.
 
 The server speaks the small part of HTTP/1.x a scraper needs: ``GET`` and ``HEAD`` of a path, a
 bounded request head, one response per connection (``Connection: close``). It is not wsgiref: with
@@ -28,10 +29,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from exporter import __version__
 from exporter.expose.exposition import ExpositionCache
-from exporter.expose.gzipstream import accepts_gzip
 from exporter.snapshot.store import SnapshotStore
 
-__all__ = ["App", "MetricsServer", "Response", "make_app"]
+__all__ = ["App", "MetricsServer", "Response", "accepts_gzip", "make_app"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,24 @@ App = Callable[[str, Mapping[str, str]], Response]
 
 def _plain(status: HTTPStatus, text: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
     return Response(status, PLAIN, text.encode(), headers)
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` header value admits gzip (listed, or ``*``, with q above 0)."""
+    quality: dict[str, float] = {}
+    for item in accept_encoding.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if coding:
+            quality[coding.lower()] = q
+    return quality.get("gzip", quality.get("x-gzip", quality.get("*", 0.0))) > 0
 
 
 def make_app(store: SnapshotStore, telemetry_path: str) -> App:
