@@ -39,6 +39,23 @@ def inotify_limit(name: str, value: int) -> Iterator[None]:
         path.write_text(old)
 
 
+@contextmanager
+def frozen(pid: int) -> Iterator[None]:
+    """Process ``pid`` stopped (SIGSTOP, every thread seen stopped) for the block: it reads no inotify
+    event meanwhile, so a burst past ``max_queued_events`` overflows its queue for certain."""
+
+    def stopped() -> bool | None:
+        tasks = Path(f"/proc/{pid}/task").iterdir()
+        return True if all((t / "stat").read_text().rpartition(")")[2].split()[0] in "tT" for t in tasks) else None
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        poll(stopped, DEADLINE, f"process {pid} to stop")
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 def inotify_watches_in_use() -> int:
     """Watches held by every inotify instance on the machine (the per-user limit counts them all)."""
     count = 0
@@ -121,11 +138,13 @@ def test_queue_overflow_is_counted_and_recovered(exporter_cmd: list[str], root: 
     with inotify_limit("max_queued_events", 16):  # read when the inotify instance is created
         proc, port = launch_ready(exporter_cmd, root, tmp_path, "--watch.mode", "inotify")
     try:
+        assert metric(port, "conda_exporter_queue_overflows_total") == 0
+        assert metric(port, "conda_exporter_scans_total", trigger="reconcile") == 0
         site = root / "envs" / "analysis" / "lib" / "python3.11" / "site-packages"
-        burst = site / "burst"
-        burst.mkdir()
-        for i in range(2000):  # a pip install of many small files, faster than the reader drains 16 events
-            (site / f"burst_{i}.py").write_bytes(b"x" * 100)
+        with frozen(proc.pid):  # a pip install of many small files while the daemon reads nothing
+            (site / "burst").mkdir()
+            for i in range(2000):
+                (site / f"burst_{i}.py").write_bytes(b"x" * 100)
         poll(lambda: True if metric(port, "conda_exporter_queue_overflows_total") >= 1 else None, DEADLINE,
              "an overflow to be counted")
         Running(proc, port, root).converge("numbers after the overflow's reconcile scan")
