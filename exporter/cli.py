@@ -138,7 +138,7 @@ def serve(settings: Settings, roots: list[str], fixed_roots: bool = False) -> in
     roots again unless they were given or ``fixed_roots``, and rescans. The exporter's own settings
     come from flags and env vars, which a running process cannot be given anew: change those with a
     restart."""
-    # Imported here: --once and report need neither watchdog nor the HTTP server, and start faster.
+    # Imported here: --once and report need neither the daemon (inotify) nor the HTTP server, and start faster.
     from exporter.daemon.scheduler import Daemon, DaemonConfig
     from exporter.expose.server import MetricsServer, make_app
 

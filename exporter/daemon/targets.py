@@ -1,6 +1,6 @@
 """Daemon, change targets: which directories to watch, what a change in each means, and how to see it.
 
-Never a recursive watch (shared/FACTS.md: on a big root it costs ~100k watches and, with watchdog's
+Never a recursive watch (shared/FACTS.md: on a big root it costs ~100k watches and, with a wide
 default mask, drowns in queue overflows). Per root we watch only where installers write on every
 transaction: the root dir, ``envs/``, ``pkgs/``, each env's ``conda-meta/`` and
 ``lib/python*/site-packages`` (pip), plus each not-yet-env dir of ``envs/`` (to see ``conda-meta/``
