@@ -92,6 +92,25 @@ def overview() -> Dashboard:
           "updated or removed something in each env. Old and large envs are candidates for removal.",
           (Target(f"sort_desc(time() - conda_env_last_transaction_timestamp_seconds{{{ENV}}})",
                   "{{root}} {{env}}", instant=True),), unit="s", w=12, thresholds=AGE_STEPS),
+        Row("What can be freed"),
+        p("bargauge", "Top envs by what deleting them frees", "What deleting each env and then running `conda "
+          "clean --packages` would free, beyond what that clean frees anyway: the env's own files plus the "
+          "package cache dirs no other env links. At least the env's unique bytes. Click a bar for the detail.",
+          (Target(f"topk(10, conda_env_reclaimable_bytes{{{ENV}}})", "{{root}} {{env}}", instant=True),),
+          w=8, h=10, links=ENV_DETAIL_LINK),
+        p("bargauge", "What each owner's envs would free", "Deleting all envs of one owner together and then "
+          "cleaning the package cache: the capacity a user leaving gives back. More than the sum of their "
+          "envs' own figures when their envs share packages only with each other.",
+          (Target(f'conda_owner_reclaimable_bytes{{{ROOT}, owner=~"$owner"}}', "{{owner}} ({{root}})",
+                  instant=True),), w=8, h=10),
+        p("stat", "Stale envs", "Envs whose last conda transaction is older than the exporter's --stale.after "
+          "(90 days by default). Envs without a conda-meta/history file never count.",
+          (Target(f"sum(conda_root_stale_envs{{{ROOT}}})", "stale envs", instant=True),), unit="short", w=4,
+          h=10),
+        p("stat", "Freed by deleting the stale envs", "What deleting every stale env and then running `conda "
+          "clean --packages` would free.",
+          (Target(f"sum(conda_root_stale_reclaimable_bytes{{{ROOT}}})", "freed", instant=True),), w=4, h=10,
+          thresholds=(("green", None), ("orange", 20 * 1024**3))),
         Row("Growth"),
         p("bargauge", "Growth per root over 1 day and 7 days", "How much each conda installation's true disk "
           "cost changed over the last day and the last week (less if Prometheus has watched it for less).",
@@ -134,20 +153,23 @@ def env_detail() -> Dashboard:
         p("stat", "Freed by deleting it", "Unique bytes: files of this env that nothing else links to. Deleting "
           "the env gives this much back.",
           (Target(f"conda_env_unique_bytes{{{ENV}}}", "{{env}}", instant=True),), w=4, h=5),
+        p("stat", "Freed by deleting it and cleaning", "What deleting this env and then running `conda clean "
+          "--packages` would free: its unique bytes plus the package cache dirs that only it still links.",
+          (Target(f"conda_env_reclaimable_bytes{{{ENV}}}", "{{env}}", instant=True),), w=4, h=5),
         p("stat", "Shared with others", "Shared bytes: files of this env hardlinked with the package cache or "
           "other envs. They stay on disk after deleting the env while something else uses them.",
-          (Target(f"conda_env_shared_bytes{{{ENV}}}", "{{env}}", instant=True),), w=4, h=5),
+          (Target(f"conda_env_shared_bytes{{{ENV}}}", "{{env}}", instant=True),), w=3, h=5),
         p("stat", "Apparent size", "The sum of the sizes of every file in the env, as `du --apparent-size` "
           "shows: hardlinks make the real cost smaller.",
-          (Target(f"conda_env_apparent_bytes{{{ENV}}}", "{{env}}", instant=True),), w=4, h=5),
+          (Target(f"conda_env_apparent_bytes{{{ENV}}}", "{{env}}", instant=True),), w=3, h=5),
         p("stat", "Share of the root's true cost", "Unique bytes of this env divided by the true disk cost of "
           "its conda installation.",
           (Target(f"conda_env_unique_bytes{{{ENV}}} / on (instance, job, root) group_left () "
                   f"conda_root_bytes{{{ROOT}}}", "{{env}}", instant=True),),
-          unit="percentunit", w=4, h=5, decimals=1),
+          unit="percentunit", w=3, h=5, decimals=1),
         p("stat", "Last scanned", "When the exporter last measured this env.",
           (Target(f"conda_env_last_scan_timestamp_seconds{{{ENV}}} * 1000", "{{env}}", instant=True),),
-          unit="dateTimeFromNow", w=4, h=5),
+          unit="dateTimeFromNow", w=3, h=5),
         p("stat", "Last conda transaction", "When conda last installed, updated or removed a package here "
           "(from the env's conda-meta/history).",
           (Target(f"conda_env_last_transaction_timestamp_seconds{{{ENV}}} * 1000", "{{env}}", instant=True),),
