@@ -112,11 +112,11 @@ class CacheIndex:
         settled = np.zeros(len(paths), np.int64)  # rows that need to lose no link (st_nlink fell to 1)
         never = np.zeros(len(paths), bool)
         self._devices: dict[int, _DeviceRows] = {}
-        for dev, (inos, needs, packages, blocks) in by_dev.items():
-            ino = np.concatenate(inos)
-            need = np.concatenate(needs)
-            package = np.concatenate(packages)
-            block = np.concatenate(blocks)
+        while by_dev:  # popped, so each device's pieces are freed once joined
+            dev, (inos, needs, packages, blocks) = by_dev.popitem()
+            ino, need = np.concatenate(inos), np.concatenate(needs)
+            package, block = np.concatenate(packages), np.concatenate(blocks)
+            del inos, needs, packages, blocks
             distinct, first, counts = np.unique(ino, return_index=True, return_counts=True)
             # An inode in two caches' package dirs keeps a second link whatever is deleted: neither dir
             # is ever cleaned.
@@ -159,7 +159,33 @@ class CacheIndex:
         return tuple((self.paths[i], int(self._bytes[i])) for i in cleaned)
 
 
-def _links_by_device(envs: Sequence[EnvUsage]) -> dict[int, tuple[U64, I64, U64, U64]]:
+_Links = tuple[U64, I64, U64, U64]  # inode (sorted, unique), links held, st_nlink, blocks
+
+
+def _outside_rows(table: SharedInodes) -> _Links:
+    keep = table.found < table.nlink
+    return table.ino[keep], table.found[keep].astype(np.int64), table.nlink[keep], table.blocks[keep]
+
+
+def _combine(a: _Links, b: _Links) -> _Links:
+    """Two tables' rows as one: links of an inode in both are added."""
+    ino = np.concatenate([a[0], b[0]])
+    distinct, first, inverse = np.unique(ino, return_index=True, return_inverse=True)
+    links = np.zeros(len(distinct), np.int64)
+    np.add.at(links, inverse, np.concatenate([a[1], b[1]]))
+    return distinct, links, np.concatenate([a[2], b[2]])[first], np.concatenate([a[3], b[3]])[first]
+
+
+def _merged(tables: Sequence[SharedInodes]) -> _Links:
+    """The rows of ``tables`` combined pairwise: an inode linked from many envs is one row early, so
+    memory stays near the number of distinct inodes rather than of all rows of all tables."""
+    if len(tables) == 1:
+        return _outside_rows(tables[0])
+    half = len(tables) // 2
+    return _combine(_merged(tables[:half]), _merged(tables[half:]))
+
+
+def _links_by_device(envs: Sequence[EnvUsage]) -> dict[int, _Links]:
     """Per device, over the shared tables of ``envs``: each inode (sorted, unique) with the links the
     envs hold, its st_nlink and its blocks. Rows already private to their env are left out: they are in
     its unique bytes."""
@@ -167,21 +193,7 @@ def _links_by_device(envs: Sequence[EnvUsage]) -> dict[int, tuple[U64, I64, U64,
     for env in envs:
         if len(env.usage.shared):
             by_dev.setdefault(env.usage.dev, []).append(env.usage.shared)
-    result: dict[int, tuple[U64, I64, U64, U64]] = {}
-    for dev, tables in by_dev.items():
-        masks = [t.found < t.nlink for t in tables]
-        ino = np.concatenate([t.ino[m] for t, m in zip(tables, masks, strict=True)])
-        found = np.concatenate([t.found[m] for t, m in zip(tables, masks, strict=True)]).astype(np.int64)
-        nlink = np.concatenate([t.nlink[m] for t, m in zip(tables, masks, strict=True)])
-        blocks = np.concatenate([t.blocks[m] for t, m in zip(tables, masks, strict=True)])
-        if len(tables) == 1:
-            result[dev] = (ino, found, nlink, blocks)
-            continue
-        distinct, first, inverse = np.unique(ino, return_index=True, return_inverse=True)
-        links = np.zeros(len(distinct), np.int64)
-        np.add.at(links, inverse, found)
-        result[dev] = (distinct, links, nlink[first], blocks[first])
-    return result
+    return {dev: _merged(tables) for dev, tables in by_dev.items()}
 
 
 def reclaimable(index: CacheIndex, envs: Sequence[EnvUsage]) -> Freed:
