@@ -142,6 +142,8 @@ class PkgsChunk:
     package_dirs: tuple[str, ...] = ()
     include_top: bool = False
     all_package_dirs: frozenset[str] = frozenset()
+    # With include_top: the cache's channel/platform dirs (a mamba >= 2.6 cache), walked with it.
+    levels: tuple[str, ...] = ()
     # For what deleting envs would free (exporter.account.reclaim), per entry of package_dirs: the
     # allocated bytes that removing it frees besides its rows in ``usage.shared`` (its directories and
     # single-link files), and whether conda clean removes it once none of its files has a second link

@@ -9,21 +9,26 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.oracle import cache_shape
+
 
 def conda_clean_packages(cache: Path) -> list[str]:
-    """``conda clean --packages`` by conda's rule: remove every top-level dir holding ``info/`` none of
-    whose files (non-directories) has more than one link. Returns the names removed."""
+    """``conda clean --packages`` by conda's rule: remove every package dir (holding ``info/``; at the top,
+    or in a channel/platform dir of a hierarchical cache, see :func:`tests.oracle.cache_shape`) none of
+    whose files (non-directories) has more than one link. Returns the paths removed, relative to the
+    cache (a flat cache's: the names)."""
+    shape = cache_shape(cache)
     linked = subprocess.run(
         ["find", str(cache), "-mindepth", "2", "-not", "-type", "d", "-links", "+1", "-printf", "%P\\n"],
         check=True, capture_output=True, text=True,
-    ).stdout
-    in_use = {line.split("/", 1)[0] for line in linked.splitlines()}
+    ).stdout.splitlines()
     removed = []
-    for entry in sorted(cache.iterdir()):
-        if entry.is_symlink() or not entry.is_dir() or not (entry / "info").is_dir() or entry.name in in_use:
+    for entry in shape.entries:
+        path = cache / entry
+        if not (path / "info").is_dir() or any(line.startswith(entry + "/") for line in linked):
             continue
-        shutil.rmtree(entry)
-        removed.append(entry.name)
+        shutil.rmtree(path)
+        removed.append(entry)
     return removed
 
 

@@ -84,20 +84,74 @@ def du_apparent_bytes(path: Path) -> int:
     return int(out.stdout.split()[0])
 
 
+TARBALLS = (".conda", ".tar.bz2", ".conda.part", ".tar.bz2.part")
+ARCHIVES = (*TARBALLS, ".conda.partial", ".tar.bz2.partial")
+LEFTOVER_FILES = (".partial", ".trash", ".c~")
+
+
+@dataclass(frozen=True)
+class CacheShape:
+    """A package cache as ``find`` lists it (paths relative to the cache): its channel/platform dirs
+    (``levels``; "" is the cache dir itself) and the directories directly in them (``entries``)."""
+
+    levels: frozenset[str]
+    entries: tuple[str, ...]
+    # relative path -> (find %y, %n, %b) of every path below the cache
+    paths: dict[str, tuple[str, int, int]]
+
+
+def _ancestors(rel: str) -> list[str]:
+    parts = rel.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def cache_shape(pkgs: Path) -> CacheShape:
+    """Flat (conda) or hierarchical (mamba >= 2.6, ``pkgs/<channel...>/<platform>/<dist>/``), by what
+    is on disk: a level is a non-hidden dir above a finished package (a dir with ``info/index.json``)
+    or an archive, with no package dir above it, or a non-hidden dir without files (leftovers aside)
+    whose name has fewer than two ``-`` (an emptied channel or platform dir) in a level."""
+    out = subprocess.run(["find", str(pkgs), "-mindepth", "1", "-printf", "%y %n %b %P\\0"],
+                         check=True, capture_output=True).stdout
+    paths: dict[str, tuple[str, int, int]] = {}
+    for item in out.split(b"\0")[:-1]:
+        kind, nlink, blocks, rel = os.fsdecode(item).split(" ", 3)
+        paths[rel] = (kind, int(nlink), int(blocks))
+    dirs = {rel for rel, (kind, _, _) in paths.items() if kind == "d"}
+    with_info = {rel.rpartition("/")[0] for rel in dirs if rel.rpartition("/")[2] == "info"}
+    finished = {rel[: -len("/info/index.json")] for rel, (kind, _, _) in paths.items()
+                if kind == "f" and rel.endswith("/info/index.json")}
+    anchors = [rel for rel in finished if not any(a in with_info for a in _ancestors(rel))]
+    anchors += [rel for rel, (kind, _, _) in paths.items() if kind == "f" and rel.endswith(ARCHIVES)]
+
+    def may_be_level(rel: str) -> bool:
+        chain = [*_ancestors(rel), rel]
+        return rel != "cache" and not any(c in with_info or c.rpartition("/")[2].startswith(".") for c in chain)
+
+    levels = {a for anchor in anchors for a in _ancestors(anchor) if may_be_level(a)}
+    with_files = {a for rel, (kind, _, _) in paths.items() if kind != "d" and not rel.endswith(LEFTOVER_FILES)
+                  for a in _ancestors(rel)}
+    for rel in sorted(dirs, key=lambda r: r.count("/")):  # emptied levels, from the top down
+        if (rel.rpartition("/")[0] in levels | {""} and may_be_level(rel) and rel not in with_files
+                and rel.rpartition("/")[2].count("-") < 2):
+            levels.add(rel)
+    entries = tuple(sorted(rel for rel in dirs - levels if rel.rpartition("/")[0] in levels | {""}))
+    return CacheShape(frozenset(levels | {""}), entries, paths)
+
+
 def pkgs_oracle(pkgs: Path) -> dict[str, int]:
-    """What conda clean would free, by conda's rules, from find output."""
+    """What conda clean would free, by conda's rules, from find output; in a hierarchical cache package
+    dirs and archives in its channel/platform dirs count as at the top of a flat one."""
+    shape = cache_shape(pkgs)
+    in_level = {rel: v for rel, v in shape.paths.items() if rel.rpartition("/")[0] in shape.levels}
     tarball_blocks = tarballs = 0
-    for line in subprocess.run(
-        ["find", str(pkgs), "-maxdepth", "1", "-type", "f", "-links", "1", "(", "-name", "*.conda", "-o",
-         "-name", "*.tar.bz2", "-o", "-name", "*.conda.part", "-o", "-name", "*.tar.bz2.part", ")",
-         "-printf", "%b\\n"],
-        check=True, capture_output=True, text=True,
-    ).stdout.split():
-        tarballs += 1
-        tarball_blocks += int(line)
+    for rel, (kind, nlink, blocks) in in_level.items():
+        if kind == "f" and nlink == 1 and rel.endswith(TARBALLS):
+            tarballs += 1
+            tarball_blocks += blocks
     packages = unreferenced = unreferenced_bytes = 0
-    for child in sorted(pkgs.iterdir()):
-        if child.is_symlink() or not child.is_dir() or not (child / "info").is_dir():
+    for entry in shape.entries:
+        child = pkgs / entry
+        if not (child / "info").is_dir():
             continue
         packages += 1
         linked = subprocess.run(
@@ -108,14 +162,14 @@ def pkgs_oracle(pkgs: Path) -> dict[str, int]:
             unreferenced += 1
             unreferenced_bytes += du_bytes(child)
     leftover_blocks = 0
-    for child in sorted(pkgs.iterdir()):
-        if child.is_symlink():
-            continue
-        if child.is_dir() and child.name != "cache" and not (child / "info" / "index.json").is_file():
-            out = subprocess.run(["find", str(child), "-printf", "%b\\n"], check=True, capture_output=True, text=True)
+    for entry in shape.entries:
+        if entry != "cache" and not (pkgs / entry / "info" / "index.json").is_file():
+            out = subprocess.run(["find", str(pkgs / entry), "-printf", "%b\\n"], check=True, capture_output=True,
+                                 text=True)
             leftover_blocks += sum(int(b) for b in out.stdout.split())
-        elif child.is_file() and child.name.endswith((".partial", ".trash", ".c~")):
-            leftover_blocks += child.stat().st_blocks
+    for rel, (kind, _, blocks) in in_level.items():
+        if kind == "f" and rel.endswith(LEFTOVER_FILES):
+            leftover_blocks += blocks
     index_cache = pkgs / "cache"
     return {
         "conda_pkgs_leftover_bytes": leftover_blocks * 512,
@@ -184,12 +238,16 @@ def contents_numbers(prefix: Path, pkgs_dirs: list[Path], prune: list[Path] | No
         assert isinstance(link, dict)
         dist = f"{record['name']}-{record['version']}-{record['build']}"
         sources = [Path(str(link["source"]))] if link.get("source") else []
+        sources += [Path(str(record["extracted_package_dir"]))] if record.get("extracted_package_dir") else []
         sources += [d / dist for d in pkgs_dirs]
+        if not any(s.is_dir() for s in sources):  # a hierarchical cache holds it in a channel/platform dir
+            sources += [p for d in pkgs_dirs for p in sorted(d.glob(f"**/{dist}")) if (p / "info").is_dir()]
         holding = [s for s in sources if s.is_dir() and (s / rel).is_file() and not (s / rel).is_symlink()]
         if link.get("type") in (3, "copy") or holding:
             copied += blocks
         if holding and holding[0].stat().st_dev == dev:  # a hardlink to it could replace the copy
-            cache = str(holding[0].parent)
+            above = [d for d in pkgs_dirs if d in holding[0].parents]
+            cache = str(max(above, key=lambda d: len(d.parts)) if above else holding[0].parent)
             dedupable[cache] = dedupable.get(cache, 0) + blocks * 512
     return ContentsNumbers(
         packages=packages,

@@ -6,6 +6,11 @@ every single-link file a package installed by whether that cache entry still hol
 each, done by the walker), and :func:`account_contents` turns its per-package sums into the env's
 numbers. Copies of a cache on another filesystem count as copied but not as dedupable: hardlinks
 cannot cross filesystems.
+
+A package's cache entry is where its record says (``link.source``, else ``extracted_package_dir``),
+else ``<cache>/<name>-<version>-<build>`` (conda's flat cache), else where a mamba >= 2.6 cache puts it,
+``<cache>/<channel>/<subdir>/<dist>`` with the channel from the archive's URL or the record's
+``channel``. Dedupable bytes are keyed by the cache holding the entry, at whatever depth.
 """
 
 from __future__ import annotations
@@ -20,6 +25,27 @@ from exporter.scan.walk import Ownership, TreeWalk
 __all__ = ["account_contents", "ownership"]
 
 
+def _components(path: str) -> list[str]:
+    """The names of a URL's path, without empty, ``.`` or ``..`` ones (a record must not lead out)."""
+    return [part for part in path.split("/") if part not in ("", ".", "..")]
+
+
+def _hierarchical(record: PackageRecord, pkgs_dir: str) -> list[str]:
+    """Where a hierarchical cache (mamba >= 2.6) at ``pkgs_dir`` would hold the record's package."""
+    found: list[str] = []
+    if record.url and "://" in record.url:
+        scheme, _, rest = record.url.partition("://")
+        parts = _components(rest)[:-1]  # host, channel path..., subdir (the archive's name dropped)
+        if parts:
+            found.append(os.path.join(pkgs_dir, *_components(scheme), *parts, record.dist))
+            found.append(os.path.join(pkgs_dir, *parts[1:], record.dist))  # a channel named on its host
+    if record.channel and record.subdir:
+        scheme, sep, rest = record.channel.rpartition("://")
+        channel = [*_components(scheme), *_components(rest)] if sep else _components(rest)
+        found.append(os.path.join(pkgs_dir, *channel, *_components(record.subdir), record.dist))
+    return found
+
+
 def _cache_entry(record: PackageRecord, pkgs_dirs: Sequence[str]) -> str | None:
     """The extracted package dir the record came from, if it still exists."""
     candidates = [record.source] if record.source else []
@@ -27,7 +53,17 @@ def _cache_entry(record: PackageRecord, pkgs_dirs: Sequence[str]) -> str | None:
     for candidate in candidates:
         if os.path.isdir(candidate):
             return candidate
+    for candidate in (c for d in pkgs_dirs for c in _hierarchical(record, d)):
+        if os.path.isdir(candidate):
+            return candidate
     return None
+
+
+def _cache_of(entry: str, pkgs_dirs: Sequence[str]) -> str:
+    """The package cache holding the cache entry ``entry``: the deepest of ``pkgs_dirs`` above it,
+    else (a cache no layout lists) the entry's parent."""
+    above = [d for d in pkgs_dirs if entry.startswith(d.rstrip(os.sep) + os.sep)]
+    return max(above, key=len) if above else os.path.dirname(entry)
 
 
 def ownership(meta: EnvMetadata, pkgs_dirs: Sequence[str]) -> Ownership:
@@ -54,9 +90,11 @@ def _device(path: str) -> int | None:
         return None
 
 
-def account_contents(walk: TreeWalk, meta: EnvMetadata, owned: Ownership, top_packages: int = 0) -> EnvContents:
+def account_contents(
+    walk: TreeWalk, meta: EnvMetadata, owned: Ownership, top_packages: int = 0, pkgs_dirs: Sequence[str] = ()
+) -> EnvContents:
     """Untracked/copied/dedupable bytes of one env (see :class:`~exporter.model.EnvContents`), from
-    a walk given ``owned`` (``ownership(meta, ...)``) and, with ``top_packages``, the biggest packages.
+    a walk given ``owned`` (``ownership(meta, pkgs_dirs)``) and, with ``top_packages``, the biggest packages.
 
     A single-link file a package installed is a copy when its cache entry holds the same path, or
     when conda says the package was installed by copying; relinking it to the cache would save its
@@ -71,7 +109,7 @@ def account_contents(walk: TreeWalk, meta: EnvMetadata, owned: Ownership, top_pa
     for record, entry, cached, uncached in per_package:
         copied_blocks += cached + (uncached if record.link_type == "copy" else 0)
         if cached and entry is not None and _device(entry) == walk.dev:
-            cache = os.path.dirname(entry)
+            cache = _cache_of(entry, pkgs_dirs)
             dedupable[cache] = dedupable.get(cache, 0) + cached * BLOCK_SIZE
     return EnvContents(
         packages=len(meta.packages),

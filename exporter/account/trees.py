@@ -18,7 +18,8 @@ from exporter.account.links import account_tree
 from exporter.account.reclaim import package_rows
 from exporter.discover.roots import EnvLocation, RootLayout
 from exporter.model import EnvUsage, PkgsChunk, ScanOptions, TreeUsage, WalkError
-from exporter.scan.cache import CacheChunkWalk, list_package_dirs, walk_pkgs_chunk
+from exporter.scan.cache import CacheChunkWalk, walk_pkgs_chunk
+from exporter.scan.cachelayout import list_cache
 from exporter.scan.records import read_env_metadata
 from exporter.scan.walk import walk_tree
 
@@ -59,14 +60,15 @@ class RestTask:
 
 @dataclass(frozen=True)
 class ChunkTask:
-    """Package dirs of one cache, and with ``include_top`` the cache dir itself and its top-level files
-    (``all_package_dirs`` are then left out of that walk)."""
+    """Package dirs (entries) of one cache, and with ``include_top`` the cache dir itself, its channel
+    and platform ``levels`` and their files (``all_package_dirs`` are then left out of that walk)."""
 
     root: str
     pkgs_dir: str
     package_dirs: tuple[str, ...]
     include_top: bool
     all_package_dirs: frozenset[str]
+    levels: tuple[str, ...] = ()
 
 
 Task = EnvTask | RestTask | ChunkTask
@@ -87,7 +89,7 @@ def measure_env(env: EnvLocation, options: ScanOptions) -> EnvUsage:
         usage=account_tree(walk),
         scanned_at=time.time(),
         scan_seconds=time.monotonic() - started,
-        contents=account_contents(walk, meta, owned, options.top_packages),
+        contents=account_contents(walk, meta, owned, options.top_packages, env.pkgs_dirs),
     )
 
 
@@ -110,6 +112,7 @@ def account_chunk(raw: CacheChunkWalk) -> PkgsChunk:
         package_dirs=raw.package_dirs,
         include_top=raw.include_top,
         all_package_dirs=raw.all_package_dirs,
+        levels=raw.levels,
         dir_private_bytes=raw.dir_private_bytes,
         cleanable=cleanable,
         row_package=row_package,
@@ -120,7 +123,8 @@ def measure_chunk(task: ChunkTask, options: ScanOptions) -> PkgsChunk:
     """Walk and account one chunk of a package cache."""
     return account_chunk(
         walk_pkgs_chunk(
-            task.pkgs_dir, list(task.package_dirs), task.include_top, task.all_package_dirs, options.cross_filesystems
+            task.pkgs_dir, list(task.package_dirs), task.include_top, task.all_package_dirs, options.cross_filesystems,
+            levels=task.levels,
         )
     )
 
@@ -128,7 +132,8 @@ def measure_chunk(task: ChunkTask, options: ScanOptions) -> PkgsChunk:
 def remeasure_chunk(chunk: PkgsChunk, options: ScanOptions) -> PkgsChunk:
     """Walk one chunk of a package cache again, as it was walked the first time."""
     return measure_chunk(
-        ChunkTask("", chunk.pkgs_dir, chunk.package_dirs, chunk.include_top, chunk.all_package_dirs), options
+        ChunkTask("", chunk.pkgs_dir, chunk.package_dirs, chunk.include_top, chunk.all_package_dirs, chunk.levels),
+        options,
     )
 
 
@@ -155,14 +160,15 @@ def measure(task: Task, options: ScanOptions) -> TaskResult:
 
 
 def _cache_tasks(root: str, pkgs_dir: str, listing_errors: list[WalkError]) -> list[ChunkTask]:
-    package_dirs, errors = list_package_dirs(pkgs_dir)
-    listing_errors.extend(errors)
+    listing = list_cache(pkgs_dir)
+    listing_errors.extend(listing.errors)
+    package_dirs = listing.entries
     chunks = [package_dirs[i : i + PACKAGES_PER_CHUNK] for i in range(0, len(package_dirs), PACKAGES_PER_CHUNK)]
-    # The cache dir itself and its top-level files (tarballs) are a chunk of their own: an env
+    # The cache dir itself, its levels and their files (tarballs) are a chunk of their own: an env
     # change then walks again only the chunks of the packages it linked or unlinked. Only that chunk
     # needs every package dir (to leave them out): a copy per chunk, pickled both ways, cost tens of
     # MB on a cache of thousands of packages.
-    tasks = [ChunkTask(root, pkgs_dir, (), True, frozenset(package_dirs))]
+    tasks = [ChunkTask(root, pkgs_dir, (), True, frozenset(package_dirs), listing.levels)]
     tasks.extend(ChunkTask(root, pkgs_dir, tuple(c), False, frozenset()) for c in chunks)
     return tasks
 

@@ -16,6 +16,7 @@ from exporter.daemon.targets import (
     Fingerprint,
     Target,
     WatchSpec,
+    cache_levels,
     filesystem_type,
     fingerprints,
     site_packages_dirs,
@@ -34,7 +35,10 @@ class ChangeDetector:
 
     ``mode`` is the setting (auto, inotify or poll); :meth:`start` decides the mode in force. The
     site-packages dirs of each env are remembered between calls: listing every env's ``lib/`` for
-    each batch cost more than the batch's own walks; :meth:`forget` drops what may have changed.
+    each batch cost more than the batch's own walks; so are the channel/platform dirs of each cache
+    (listing a cache stats each package dir); :meth:`forget` drops what may have changed. A new
+    channel or platform dir changes ``pkgs/`` or a watched one, so its cache is rescanned and
+    forgotten: polling need not list caches again.
     """
 
     def __init__(
@@ -53,6 +57,7 @@ class ChangeDetector:
         self._on_overflow = on_overflow
         self._watcher: InotifyWatcher | None = None
         self._site_dirs: dict[str, list[str]] = {}  # env prefix -> its site-packages dirs as last listed
+        self._levels: dict[str, list[str]] = {}  # cache dir -> its channel/platform dirs as last listed
 
     def start(self, roots: Iterable[str]) -> None:
         """Decide the mode: as set, or for auto, polling when a root is on a network filesystem."""
@@ -76,28 +81,38 @@ class ChangeDetector:
         self._store.update_watch(watch_mode=mode)
 
     def specs(self, layouts: Iterable[RootLayout]) -> dict[str, WatchSpec]:
-        """The watch specs of ``layouts``, site-packages dirs from the memo where known."""
+        """The watch specs of ``layouts``, site-packages and channel/platform dirs from the memos where
+        known."""
         known, self._site_dirs = self._site_dirs, {}
+        known_levels, self._levels = self._levels, {}
 
         def site_dirs(prefix: str) -> list[str]:
             found = known.get(prefix)
             self._site_dirs[prefix] = found if found is not None else site_packages_dirs(prefix)
             return self._site_dirs[prefix]
 
-        return watch_specs(layouts, site_dirs)
+        def levels(pkgs_dir: str) -> list[str]:
+            found = known_levels.get(pkgs_dir)
+            self._levels[pkgs_dir] = found if found is not None else cache_levels(pkgs_dir)
+            return self._levels[pkgs_dir]
+
+        return watch_specs(layouts, site_dirs, levels)
 
     def prints(self, layouts: Iterable[RootLayout]) -> dict[Target, Fingerprint]:
         """Every target's fingerprint now."""
         return fingerprints(self.specs(layouts).values())
 
     def forget(self, prefixes: Iterable[str] | None = None) -> None:
-        """List the site-packages dirs of ``prefixes`` (None: of every env) again next time: pip or
-        conda may have added or removed one."""
+        """List the site-packages dirs of ``prefixes`` (env prefixes or cache dirs; None: every one)
+        and their channel/platform dirs again next time: pip, conda or mamba may have added or
+        removed one."""
         if prefixes is None:
             self._site_dirs.clear()
+            self._levels.clear()
         else:
             for prefix in prefixes:
                 self._site_dirs.pop(prefix, None)
+                self._levels.pop(prefix, None)
 
     def sync(self, layouts: Iterable[RootLayout]) -> None:
         """Watch what ``layouts`` need (inotify mode); falls back to polling when the kernel refuses."""
@@ -115,8 +130,9 @@ class ChangeDetector:
     def poll(self, layouts: Iterable[RootLayout], published: Mapping[Target, Fingerprint]) -> None:
         """Report every target whose fingerprint differs from ``published`` (a target gone: its root)."""
         # Re-listed every poll: without inotify, a site-packages dir that appears without a conda
-        # transaction (pip --prefix from another interpreter) is seen no other way.
-        self.forget()
+        # transaction (pip --prefix from another interpreter) is seen no other way. A cache's
+        # channel/platform dirs are not: a new one changes a dir whose stamp is compared already.
+        self._site_dirs.clear()
         now = self.prints(layouts)
         for target, stamp in now.items():
             if published.get(target) != stamp:

@@ -30,10 +30,13 @@ log = logging.getLogger(__name__)
 
 def _chunks_holding(chunks: Sequence[PkgsChunk], pkgs_dir: str, touched: set[str] | None) -> set[int] | None:
     """Indexes of the chunks of ``pkgs_dir`` holding the ``touched`` cache entries; None when the whole
-    cache must be walked (no chunks yet, unknown entries, or an entry no chunk holds: newly extracted)."""
+    cache must be walked (no chunks yet, unknown entries, or an entry no chunk holds: newly extracted).
+    An entry is this cache's when it lies below it, directly (conda) or in a channel/platform dir
+    (mamba >= 2.6)."""
     if touched is None or not chunks:
         return None
-    here = {t for t in touched if os.path.dirname(t) == pkgs_dir}
+    inside = pkgs_dir.rstrip(os.sep) + os.sep
+    here = {t for t in touched if t.startswith(inside)}
     wanted = {i for i, chunk in enumerate(chunks) if here & set(chunk.package_dirs)}
     held = {d for i in wanted for d in chunks[i].package_dirs}
     return wanted if here <= held else None

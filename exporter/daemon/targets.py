@@ -4,9 +4,12 @@ Never a recursive watch (shared/FACTS.md: on a big root it costs ~100k watches a
 default mask, drowns in queue overflows). Per root we watch only where installers write on every
 transaction: the root dir, ``envs/``, ``pkgs/``, each env's ``conda-meta/`` and
 ``lib/python*/site-packages`` (pip), plus each not-yet-env dir of ``envs/`` (to see ``conda-meta/``
-appear). Each change maps to a :class:`Target`: an env to rescan, a package cache to rescan, or a root
-to re-discover. The same map drives inotify (:mod:`exporter.daemon.inotify`) and polling
-(:func:`fingerprints`), where inotify cannot work.
+appear). A hierarchical package cache (mamba >= 2.6) extracts into ``pkgs/<channel>/<platform>/``, not
+``pkgs/``: its channel and platform dirs (:func:`exporter.scan.cachelayout.list_cache`; a few per
+channel, at most :data:`MAX_LEVEL_WATCHES` per cache) are watched too, each change there meaning the
+same cache target as one in ``pkgs/``. Each change maps to a :class:`Target`: an env to rescan, a
+package cache to rescan, or a root to re-discover. The same map drives inotify
+(:mod:`exporter.daemon.inotify`) and polling (:func:`fingerprints`), where inotify cannot work.
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 from exporter.discover.roots import RootLayout
+from exporter.scan.cachelayout import list_cache
 
 __all__ = [
+    "MAX_LEVEL_WATCHES",
     "NETWORK_FILESYSTEMS",
     "Fingerprint",
     "Target",
     "WatchSpec",
+    "cache_levels",
     "filesystem_type",
     "fingerprints",
     "site_packages_dirs",
@@ -35,6 +41,10 @@ NETWORK_FILESYSTEMS = frozenset(
      "9p", "fuse.sshfs", "fuse.glusterfs", "fuse.cephfs", "fuse.s3fs", "fuse.rclone", "davfs", "fuse.davfs2"}
 )
 """Filesystem types (``/proc/self/mountinfo``) whose changes by other hosts inotify cannot see."""
+
+MAX_LEVEL_WATCHES = 256
+"""Channel/platform dirs of one cache watched at most (a hostile tree must not exhaust inotify
+watches); changes beyond them are caught by the reconcile scan."""
 
 
 @dataclass(frozen=True, order=True)
@@ -52,12 +62,14 @@ Role = Literal["root", "envs", "candidate", "pkgs", "meta", "site"]
 
 @dataclass(frozen=True)
 class WatchSpec:
-    """One watched directory, what it is in its root, and (for meta/site) the env ``prefix``."""
+    """One watched directory, what it is in its root, and (for meta/site) the env ``prefix``; for a
+    channel/platform dir of a hierarchical cache (role pkgs), ``cache`` is the cache dir it belongs to."""
 
     path: str
     role: Role
     root: str
     prefix: str = ""
+    cache: str = ""
 
     def targets(self, name: str) -> list[Target]:
         """What a change of the entry ``name`` in this directory ("" for the directory itself) affects."""
@@ -73,7 +85,7 @@ class WatchSpec:
         if self.role == "candidate":
             return [Target("root", self.root, self.root)]
         if self.role == "pkgs":
-            return [Target("pkgs", self.path, self.root)]
+            return [Target("pkgs", self.cache or self.path, self.root)]
         return [Target("env", self.prefix, self.root)]
 
 
@@ -91,11 +103,19 @@ def site_packages_dirs(prefix: str) -> list[str]:
     return sorted(p for p in found if os.path.isdir(p) and not os.path.islink(p))
 
 
+def cache_levels(pkgs_dir: str) -> list[str]:
+    """The channel and platform dirs of the package cache ``pkgs_dir`` (none for a flat cache)."""
+    return list(list_cache(pkgs_dir).levels[:MAX_LEVEL_WATCHES])
+
+
 def watch_specs(
-    layouts: Iterable[RootLayout], site_dirs: Callable[[str], list[str]] = site_packages_dirs
+    layouts: Iterable[RootLayout],
+    site_dirs: Callable[[str], list[str]] = site_packages_dirs,
+    levels: Callable[[str], list[str]] = cache_levels,
 ) -> dict[str, WatchSpec]:
     """Every directory to watch for ``layouts``, by path. ``site_dirs`` lists an env's site-packages
-    directories (the daemon passes a memo of :func:`site_packages_dirs`)."""
+    directories, ``levels`` a cache's channel/platform dirs (the daemon passes memos of
+    :func:`site_packages_dirs` and :func:`cache_levels`)."""
     specs: dict[str, WatchSpec] = {}
 
     def add(spec: WatchSpec) -> None:
@@ -108,6 +128,8 @@ def watch_specs(
             add(WatchSpec(layout.envs_container, "envs", root))
         for pkgs_dir in layout.pkgs_dirs:
             add(WatchSpec(pkgs_dir, "pkgs", root))
+            for level in levels(pkgs_dir):
+                add(WatchSpec(level, "pkgs", root, cache=pkgs_dir))
         for ignored in layout.ignored_dirs:
             add(WatchSpec(ignored, "candidate", root))
         for env in layout.envs:

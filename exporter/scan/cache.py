@@ -2,15 +2,21 @@
 
 Rules follow conda's own ``conda clean`` (``conda/cli/main_clean.py``):
 
-* ``--packages``: a top-level directory holding ``info/`` is an extracted package; it is
-  *unreferenced* (linked into no env) when none of its files has ``st_nlink > 1``. conda sums
-  ``st_size``; we report allocated bytes like every other ``_bytes`` metric here.
-* ``--tarballs``: top-level files ending in ``.tar.bz2``, ``.conda`` or their ``.part`` forms whose
+* ``--packages``: a directory holding ``info/`` is an extracted package; it is *unreferenced* (linked
+  into no env) when none of its files has ``st_nlink > 1``. conda sums ``st_size``; we report allocated
+  bytes like every other ``_bytes`` metric here.
+* ``--tarballs``: files ending in ``.tar.bz2``, ``.conda`` or their ``.part`` forms whose
   ``st_nlink == 1``.
 
-A big cache is scanned in chunks of top-level entries so that worker processes share the work, and
-so that a change walks again only the chunks holding the packages it touched. The cache directory
-itself and its top-level files (tarballs) are a chunk of their own.
+Package dirs and their archives sit at the top of a conda cache, and in channel/platform *levels* of a
+mamba >= 2.6 one (``pkgs/<channel>/<platform>/``); :mod:`exporter.scan.cachelayout` says which
+directories are levels and which are *entries* (package dirs, the top-level index cache ``cache/``,
+leftover dirs). Both count the same way wherever they are: archives and leftover files in the cache
+dir or in a level, and entries.
+
+A big cache is scanned in chunks of entries so that worker processes share the work, and so that a
+change walks again only the chunks holding the packages it touched. The cache directory itself, its
+levels and the files in them (tarballs) are a chunk of their own.
 """
 
 from __future__ import annotations
@@ -21,23 +27,19 @@ from array import array
 from dataclasses import dataclass, field
 
 from exporter.model import BLOCK_SIZE, WalkError
+from exporter.scan.cachelayout import INDEX_CACHE_DIR, LEFTOVER_SUFFIXES, TARBALL_SUFFIXES
 from exporter.scan.walk import TreeWalk, error_kind, walk_tree
 
-__all__ = ["NO_PACKAGE", "CacheChunkWalk", "list_package_dirs", "walk_pkgs_chunk"]
+__all__ = ["NO_PACKAGE", "CacheChunkWalk", "walk_pkgs_chunk"]
 
-# Downloaded repodata, what `conda clean --index-cache` removes.
-INDEX_CACHE_DIR = "cache"
-# Top-level files nothing will use: interrupted downloads and what conda's own clean-up calls temp files.
-LEFTOVER_SUFFIXES = (".partial", ".trash", ".c~")
-TARBALL_SUFFIXES = (".tar.bz2", ".conda", ".tar.bz2.part", ".conda.part")
 NO_PACKAGE = 0xFFFFFFFF
-"""``path_package`` of a path that lies in no package dir (the cache dir's own top-level files)."""
+"""``path_package`` of a path that lies in no package dir (the cache dir's and its levels' own files)."""
 
 
 @dataclass
 class CacheChunkWalk:
     """The raw result of walking one chunk of a package cache: the merged walk of its package dirs
-    (and, with ``include_top``, of the cache dir itself and its top-level files), and what conda's
+    (and, with ``include_top``, of the cache dir itself, its ``levels`` and their files), and what conda's
     clean rules count in it. Byte counts are allocated bytes; :func:`exporter.account.trees.account_chunk`
     turns it into a :class:`~exporter.model.PkgsChunk`."""
 
@@ -54,33 +56,24 @@ class CacheChunkWalk:
     package_dirs: tuple[str, ...]
     include_top: bool
     all_package_dirs: frozenset[str]
+    levels: tuple[str, ...] = ()
     # Per entry of package_dirs: allocated bytes of its directories and single-link files, and whether
     # conda clean may remove it once no file of it has a second link (a package dir, read fully).
     dir_private_bytes: tuple[int, ...] = ()
     may_clean: tuple[bool, ...] = ()
     # Per hardlinked path of ``walk`` (its ino column): the index in package_dirs of the dir holding
-    # it, or NO_PACKAGE for the cache dir's own top-level files.
+    # it, or NO_PACKAGE for the files of the cache dir and its levels.
     path_package: array[int] = field(default_factory=lambda: array("I"))
 
 
-def list_package_dirs(pkgs_dir: str) -> tuple[list[str], list[WalkError]]:
-    """Top-level subdirectories (not symlinks) of ``pkgs_dir``, sorted, as absolute paths."""
-    try:
-        with os.scandir(pkgs_dir) as entries:
-            names = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
-    except OSError as exc:
-        return [], [WalkError(error_kind(exc), pkgs_dir, exc.strerror or str(exc))]
-    return [os.path.join(pkgs_dir, name) for name in names], []
-
-
-def _count_tarballs(pkgs_dir: str, errors: list[WalkError]) -> tuple[int, int, int]:
-    """Tarballs ``conda clean --tarballs`` removes (count, bytes), and bytes of top-level leftover files
-    (interrupted downloads, ``.trash``, ``.c~``)."""
+def _count_tarballs(directory: str, errors: list[WalkError]) -> tuple[int, int, int]:
+    """Tarballs ``conda clean --tarballs`` removes (count, bytes) in ``directory`` (a cache dir or a
+    level of one), and bytes of its leftover files (interrupted downloads, ``.trash``, ``.c~``)."""
     count = 0
     blocks = 0
     leftover_blocks = 0
     try:
-        with os.scandir(pkgs_dir) as entries:
+        with os.scandir(directory) as entries:
             for entry in entries:
                 if entry.name.endswith(LEFTOVER_SUFFIXES) and entry.is_file(follow_symlinks=False):
                     try:
@@ -109,9 +102,12 @@ def walk_pkgs_chunk(
     include_top: bool,
     all_package_dirs: frozenset[str] = frozenset(),
     cross_filesystems: bool = False,
+    *,
+    levels: tuple[str, ...] = (),
 ) -> CacheChunkWalk:
-    """Walk ``package_dirs`` (top-level dirs of ``pkgs_dir``) and, with ``include_top``, the cache
-    directory itself and its top-level files (``all_package_dirs`` are then left out of that walk)."""
+    """Walk ``package_dirs`` (entries of ``pkgs_dir``, see :mod:`exporter.scan.cachelayout`) and, with
+    ``include_top``, the cache directory itself, its ``levels`` and their files (``all_package_dirs``,
+    every entry, are then left out of that walk)."""
     merged = TreeWalk(path=pkgs_dir)
     extra_errors: list[WalkError] = []
     tarballs = tarball_bytes = leftover_files_bytes = 0
@@ -119,20 +115,25 @@ def walk_pkgs_chunk(
         top = walk_tree(pkgs_dir, exclude=all_package_dirs, cross_filesystems=cross_filesystems)
         merged.dev = top.dev
         merged.merge(top)
-        tarballs, tarball_bytes, leftover_files_bytes = _count_tarballs(pkgs_dir, extra_errors)
+        for directory in (pkgs_dir, *levels):
+            counted = _count_tarballs(directory, extra_errors)
+            tarballs += counted[0]
+            tarball_bytes += counted[1]
+            leftover_files_bytes += counted[2]
     packages = unreferenced = unreferenced_blocks = index_cache_blocks = leftover_blocks = 0
     path_package = array("I", [NO_PACKAGE]) * len(merged.ino)
     dir_private: list[int] = []
     may_clean: list[bool] = []
+    index_cache = os.path.join(pkgs_dir, INDEX_CACHE_DIR)
     for index, package_dir in enumerate(package_dirs):
         walk = walk_tree(package_dir, cross_filesystems=cross_filesystems)
         path_package.extend(array("I", [index]) * len(walk.ino))
         dir_private.append(walk.private_blocks * BLOCK_SIZE)
         if not merged.dev:
             merged.dev = walk.dev
-        if os.path.basename(package_dir) == INDEX_CACHE_DIR:
+        if package_dir == index_cache:
             index_cache_blocks += walk.private_blocks  # repodata JSON: single-link files
-        if os.path.basename(package_dir) != INDEX_CACHE_DIR and not os.path.isfile(
+        if package_dir != index_cache and not os.path.isfile(
             os.path.join(package_dir, "info", "index.json")
         ):
             # an extraction that never finished (or a .trash dir): nothing can use it
@@ -161,6 +162,7 @@ def walk_pkgs_chunk(
         package_dirs=tuple(package_dirs),
         include_top=include_top,
         all_package_dirs=all_package_dirs,
+        levels=tuple(levels) if include_top else (),
         dir_private_bytes=tuple(dir_private),
         may_clean=tuple(may_clean),
         path_package=path_package,

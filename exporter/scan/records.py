@@ -3,7 +3,9 @@
 ``conda-meta/<name>-<version>-<build>.json`` is conda's PrefixRecord (rattler, mamba and pixi write the
 same shape): ``name``, ``version``, ``build``, ``files`` (paths relative to the prefix),
 ``paths_data.paths[]`` (``_path``, ``path_type``, ``size_in_bytes``) and ``link`` (``source``: the
-extracted package dir it came from; ``type``: 1/``hardlink``, 2/``softlink``, 3/``copy``).
+extracted package dir it came from; ``type``: 1/``hardlink``, 2/``softlink``, 3/``copy``); and, to find
+that dir when ``link.source`` is missing, ``extracted_package_dir``, ``url``, ``channel`` and ``subdir``
+(a mamba >= 2.6 cache keeps it under ``<channel>/<subdir>/``).
 A record that is unreadable or malformed is skipped and reported as a ``metadata`` error; it never
 stops the env from being scanned.
 
@@ -41,6 +43,11 @@ class PackageRecord:
     files: tuple[str, ...]
     link_type: str | None
     source: str | None
+    # Where the package was downloaded from (the archive's URL), its channel (a name or a URL) and
+    # subdir (platform), when the record says: they place its dir in a hierarchical cache.
+    url: str | None = None
+    channel: str | None = None
+    subdir: str | None = None
     # Paths whose text had the build prefix rewritten at install: copies by necessity, never relinkable.
     relocated: frozenset[str] = frozenset()
 
@@ -89,6 +96,10 @@ class _Record(msgspec.Struct):
     build: str = ""
     files: tuple[str, ...] = ()
     link: _Link | None = None
+    extracted_package_dir: Any = None
+    url: Any = None
+    channel: Any = None
+    subdir: Any = None
 
 
 class _RecordWithPaths(_Record):
@@ -106,6 +117,10 @@ def _link_type(value: object) -> str | None:
     if isinstance(value, str) and value.lower() in _LINK_TYPES.values():
         return value.lower()
     return None
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def parse_record(raw: bytes) -> PackageRecord:
@@ -131,7 +146,10 @@ def parse_record(raw: bytes) -> PackageRecord:
         build=record.build,
         files=record.files,
         link_type=_link_type(link.type),
-        source=link.source if isinstance(link.source, str) else None,
+        source=link.source if isinstance(link.source, str) else _text(record.extracted_package_dir),
+        url=_text(record.url),
+        channel=_text(record.channel),
+        subdir=_text(record.subdir),
         relocated=relocated,
     )
 
