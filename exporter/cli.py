@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif name in ("roots", "envs"):
             kwargs.update(action="append", metavar="PATH")
+        elif name == "web_listen_address":
+            kwargs.update(action="append", metavar="ADDRESS")
         else:
             kwargs["metavar"] = name.rsplit("_", 1)[-1].upper()
         parser.add_argument(flag_of(name), **kwargs)
@@ -141,8 +143,14 @@ def serve(settings: Settings, roots: list[str], fixed_roots: bool = False) -> in
     # Imported here: --once and report need neither the daemon (inotify) nor the HTTP server, and start faster.
     from exporter.daemon.scheduler import Daemon, DaemonConfig
     from exporter.expose.server import MetricsServer, make_app
+    from exporter.expose.webconfig import WebConfigError
+    from exporter.expose.webguard import WebConfigWatcher
 
-    host, port = parse_listen_address(settings.web_listen_address)
+    addresses = [parse_listen_address(a) for a in settings.web_listen_address]
+    try:
+        web = WebConfigWatcher(str(settings.web_config_file)) if settings.web_config_file else None
+    except WebConfigError as exc:
+        raise UsageError(f"{flag_of('web_config_file')}: {exc}") from None
     store = SnapshotStore()
     scheduler = Daemon(
         discovery_of(settings, roots),
@@ -151,9 +159,9 @@ def serve(settings: Settings, roots: list[str], fixed_roots: bool = False) -> in
         store,
     )
     try:
-        server = MetricsServer(make_app(store, settings.web_telemetry_path), host, port)
+        server = MetricsServer(make_app(store, settings.web_telemetry_path), addresses=addresses, web=web)
     except OSError as exc:
-        raise UsageError(f"cannot listen on {settings.web_listen_address!r}: {exc.strerror}") from None
+        raise UsageError(f"cannot listen on {' '.join(settings.web_listen_address)}: {exc.strerror}") from None
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -176,8 +184,9 @@ def serve(settings: Settings, roots: list[str], fixed_roots: bool = False) -> in
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hangup)
     server.start()
-    address, path = settings.web_listen_address, settings.web_telemetry_path
-    log.info("serving %s on %s, roots: %s, walker: %s", path, address, roots, WALKER)
+    address, path = " ".join(settings.web_listen_address), settings.web_telemetry_path
+    scheme = "https" if web is not None and web.active.ssl_context is not None else "http"
+    log.info("serving %s (%s) on %s, roots: %s, walker: %s", path, scheme, address, roots, WALKER)
     scheduler.start()
     stop.wait()
     server.stop()

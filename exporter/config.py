@@ -46,10 +46,17 @@ class Settings(BaseSettings):
         "reads other users' home directories).",
         json_schema_extra=_flag("--discover.environments-txt"),
     )
-    web_listen_address: str = Field(
-        default=f":{DEFAULT_PORT}",
-        description="Address to serve HTTP on, as [host]:port; an empty host means all interfaces.",
+    web_listen_address: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [f":{DEFAULT_PORT}"],
+        description="Address to serve HTTP on, as [host]:port; repeat the flag for several. An empty host "
+        "means all interfaces, IPv6 and IPv4. The env var takes addresses separated by ',' or spaces.",
         json_schema_extra=_flag("--web.listen-address"),
+    )
+    web_config_file: Path | None = Field(
+        default=None,
+        description="Web config file (Prometheus exporter-toolkit format): TLS, client certificates, basic "
+        "auth, response headers; re-read when it or its certificate files change. Empty: plain HTTP, no auth.",
+        json_schema_extra=_flag("--web.config.file"),
     )
     web_telemetry_path: str = Field(
         default="/metrics",
@@ -126,7 +133,7 @@ class Settings(BaseSettings):
         json_schema_extra=_flag("--demo-if-no-root"),
     )
 
-    @field_validator("state_file", mode="before")
+    @field_validator("state_file", "web_config_file", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
@@ -138,10 +145,20 @@ class Settings(BaseSettings):
             return [part for part in value.split(os.pathsep) if part]
         return value
 
+    @field_validator("web_listen_address", mode="before")
+    @classmethod
+    def _split_addresses(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.replace(",", " ").split()
+        return value
+
     @field_validator("web_listen_address")
     @classmethod
-    def _check_address(cls, value: str) -> str:
-        parse_listen_address(value)
+    def _check_addresses(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("give at least one [host]:port")
+        for address in value:
+            parse_listen_address(address)
         return value
 
     @field_validator("web_telemetry_path")
@@ -180,7 +197,8 @@ def markdown_table() -> str:
     lines = ["| flag | env var | default | meaning |", "|---|---|---|---|"]
     for name, info in Settings.model_fields.items():
         default = info.get_default(call_default_factory=True)
-        special = {"roots": "auto-detect", "envs": "none", "state_file": "none"}
+        special = {"roots": "auto-detect", "envs": "none", "state_file": "none", "web_config_file": "none",
+                   "web_listen_address": f"`:{DEFAULT_PORT}`"}
         shown = special.get(name) or f"`{default}`".replace("`False`", "off")
         lines.append(f"| `{flag_of(name)}` | `{ENV_PREFIX}{name.upper()}` | {shown} | {info.description} |")
     return "\n".join(lines)

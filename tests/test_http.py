@@ -7,6 +7,7 @@ import gzip
 import http.client
 import socket
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 import exporter.expose.server
 from exporter.discover.roots import discover_root
+from exporter.expose.exposition import ExpositionCache
+from exporter.expose.live_metrics import LiveExposition
 from exporter.expose.server import MAX_HEADERS, MAX_LINE_BYTES, MetricsServer, accepts_gzip, make_app
 from exporter.snapshot.full import full_scan
 from exporter.snapshot.store import SnapshotStore
@@ -181,13 +184,34 @@ def test_scrapes_between_changes_get_identical_bytes_and_the_gzip_is_the_plain_b
         assert response.getheader("Vary") == "Accept-Encoding"
         return response, body
 
+    def cached_part(body: bytes) -> bytes:
+        """All but the live lines appended per scrape (process_*, which move with the clock)."""
+        return b"".join(line for line in body.splitlines(keepends=True) if b"process_" not in line)
+
     (packed_response, packed), (_, packed_again) = scrape(True), scrape(True)
     (plain_response, plain), (_, plain_again) = scrape(False), scrape(False)
     assert packed_response.getheader("Content-Encoding") == "gzip"
     assert plain_response.getheader("Content-Encoding") is None
-    assert packed_again == packed and plain_again == plain  # cached whole: nothing moves with the clock
-    assert gzip.decompress(packed) == plain
+    unpacked, unpacked_again = gzip.decompress(packed), gzip.decompress(packed_again)
+    assert cached_part(unpacked) == cached_part(unpacked_again) == cached_part(plain) == cached_part(plain_again)
+    assert b"process_cpu_seconds_total" in plain and b"conda_exporter_build_info" in plain
+    assert zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(packed) == unpacked  # one gzip member
     assert len(packed) < len(plain) // 4
+
+
+def test_process_metrics_are_fresh_on_every_scrape_and_the_gzip_is_whole(store: SnapshotStore) -> None:
+    live = LiveExposition(ExpositionCache(store))
+    first = samples(live.render().decode())["process_cpu_seconds_total"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # burn CPU until the kernel's tick counts it
+        sum(range(100_000))
+        packed = live.render(gzip=True)
+        later = samples(gzip.decompress(packed).decode())["process_cpu_seconds_total"]
+        if later != first:
+            break
+    assert later != first
+    text = gzip.decompress(packed).decode()
+    assert text.startswith(ExpositionCache(store).render().decode()) and "conda_exporter_web_config_reloads" in text
 
 
 @pytest.mark.parametrize(

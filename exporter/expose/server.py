@@ -1,7 +1,8 @@
 """HTTP front: ``/metrics`` from the latest snapshot, ``/healthz``, ``/readyz`` and a landing page.
 
 A scrape is answered with the exposition rendered (and gzip-compressed) once per change of the store
-(``exposition.ExpositionCache``); it never triggers or waits for a scan.
+(``exposition.ExpositionCache``) plus the few live lines of ``live_metrics``; it never waits for a scan.
+With ``--web.config.file`` (``webconfig``, ``webguard``) connections are TLS and requests are authenticated.
 
 The server speaks the small part of HTTP/1.x a scraper needs: ``GET`` and ``HEAD`` of a path, a
 bounded request head, one response per connection (``Connection: close``). It is not wsgiref: with
@@ -12,13 +13,15 @@ plumbing were half of a scrape's CPU, and on two cores under a full scan that CP
 from __future__ import annotations
 
 import contextlib
+import errno
 import html
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -29,6 +32,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from exporter import __version__
 from exporter.expose.exposition import ExpositionCache
+from exporter.expose.live_metrics import LiveExposition
+from exporter.expose.webguard import ActiveWebConfig, WebConfigWatcher, san_allowed
 from exporter.snapshot.store import SnapshotStore
 
 __all__ = ["App", "MetricsServer", "Response", "accepts_gzip", "make_app"]
@@ -64,6 +69,7 @@ SOCKET_TIMEOUT_SECONDS = 10.0
 # Accepted connections waiting for a serving thread; beyond this, new ones get 503 at once rather
 # than piling up (each holds a file descriptor).
 MAX_WAITING = 64
+TLS_HANDSHAKE_RECORD = 0x16  # the first byte a TLS client sends; anything else on a TLS port is plain HTTP
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,7 @@ def accepts_gzip(accept_encoding: str) -> bool:
 
 def make_app(store: SnapshotStore, telemetry_path: str) -> App:
     """The application serving every endpoint."""
-    exposition = ExpositionCache(store)
+    exposition = LiveExposition(ExpositionCache(store))  # process_* and the like rendered per scrape
     landing = LANDING_PAGE.format(version=html.escape(__version__), metrics=html.escape(telemetry_path)).encode()
 
     def app(path: str, headers: Mapping[str, str]) -> Response:
@@ -155,17 +161,20 @@ def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
     return method, path, headers
 
 
-class _Handler(socketserver.BaseRequestHandler):
-    """One request per connection: read its head within a deadline, answer, close."""
+class _Handler:
+    """One request per connection: the TLS handshake (with a web config that has TLS) and the request
+    head, both within one deadline; then auth and the answer; close."""
 
-    request: socket.socket
-    server: _Server
+    def __init__(self, sock: socket.socket, server: _Server, web: ActiveWebConfig | None) -> None:
+        self.request = sock  # replaced by its TLS wrapper once wrapped: the socket to close
+        self.server = server
+        self.web = web
+        self.peer_cert: dict[str, Any] | None = None
 
-    def _receive_head(self) -> bytes:
-        """The request head up to its blank line, all of it received within SOCKET_TIMEOUT_SECONDS
-        however slowly the client trickles it: a per-recv timeout alone would let a client sending a
-        byte every few seconds hold a serving thread for ever."""
-        deadline = time.monotonic() + SOCKET_TIMEOUT_SECONDS
+    def _receive_head(self, deadline: float) -> bytes:
+        """The request head up to its blank line, all of it received by ``deadline`` however slowly the
+        client trickles it: a per-recv timeout alone would let a client sending a byte every few seconds
+        hold a serving thread for ever."""
         data = b""
         while True:
             ends = [i for i in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if i >= 0]
@@ -182,29 +191,74 @@ class _Handler(socketserver.BaseRequestHandler):
                 raise ConnectionAbortedError("closed before the end of the request head")
             data += chunk
 
-    def handle(self) -> None:
+    def _handshake(self, context: ssl.SSLContext, deadline: float) -> bool:
+        """Wrap the socket and complete the handshake by ``deadline`` (CPython's do_handshake keeps one
+        deadline over all its reads, so a trickled handshake times out too). False: plain HTTP was
+        sent (answered like Go's server), or the handshake failed or timed out (closed silently)."""
+        raw = self.request
+        raw.settimeout(max(deadline - time.monotonic(), 0.001))
+        first = raw.recv(1, socket.MSG_PEEK)
+        if first and first[0] != TLS_HANDSHAKE_RECORD:
+            self._receive_head(deadline)
+            self._send_all(_encode(_plain(HTTPStatus.BAD_REQUEST, "Client sent an HTTP request to an HTTPS "
+                                          "server.\n"), True), deadline)
+            return False
+        tls = context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+        self.request = tls
+        tls.settimeout(max(deadline - time.monotonic(), 0.001))
+        tls.do_handshake()
+        self.peer_cert = tls.getpeercert()
+        return True
+
+    def _guard(self, headers: Mapping[str, str]) -> Response | None:
+        """What the web config answers instead of the app: 429, 403 or 401."""
+        web = self.web
+        if web is None:
+            return None
+        if web.limited():
+            return _plain(HTTPStatus.TOO_MANY_REQUESTS, "Too Many Requests\n")
+        tls = web.config.tls
+        if tls is not None and tls.client_allowed_sans is not None and not san_allowed(
+            self.peer_cert, tls.client_allowed_sans
+        ):
+            return _plain(HTTPStatus.FORBIDDEN, "client certificate has none of the allowed SANs\n")
+        if web.unauthorized(headers.get("authorization", "")):
+            return _plain(HTTPStatus.UNAUTHORIZED, "Unauthorized\n", (("WWW-Authenticate", "Basic"),))
+        return None
+
+    def serve(self) -> None:
+        deadline = time.monotonic() + SOCKET_TIMEOUT_SECONDS
         with_body = True
         try:
-            head = self._receive_head()
+            context = self.web.ssl_context if self.web else None
+            if context is not None and not self._handshake(context, deadline):
+                return
+            head = self._receive_head(deadline)
             with_body = not head.startswith(b"HEAD ")
             method, path, headers = _parse_head(head)
-            if method not in ("GET", "HEAD"):
+            response = self._guard(headers)
+            if response is None and method not in ("GET", "HEAD"):
                 response = _plain(HTTPStatus.METHOD_NOT_ALLOWED, "only GET and HEAD\n", (("Allow", "GET, HEAD"),))
-            else:
+            elif response is None:
                 response = self.server.app(path, headers)
         except _BadRequestError as exc:
             response = _plain(exc.status, str(exc))
-        except (TimeoutError, ConnectionError):
-            return  # the client went quiet or away: nobody to answer
+        except (TimeoutError, ConnectionError, ssl.SSLError) as exc:
+            log.debug("dropped a connection: %r", exc)
+            return  # the client went quiet or away, or failed the handshake: nobody to answer
         except Exception:
             log.exception("error answering a request")
             response = _plain(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n")
-        with contextlib.suppress(TimeoutError, ConnectionError):  # the scraper gave up; it will scrape again
-            self._send_all(_encode(response, with_body))
+        extra = self.web.config.headers if self.web else ()
+        with contextlib.suppress(TimeoutError, ConnectionError, ssl.SSLError):  # the scraper gave up
+            self._send_all(_encode(response, with_body, extra), time.monotonic() + SOCKET_TIMEOUT_SECONDS)
+        if isinstance(self.request, ssl.SSLSocket):
+            with contextlib.suppress(OSError):  # send close_notify, without waiting for the client's
+                self.request.setblocking(False)
+                self.request.unwrap()
 
-    def _send_all(self, data: bytes) -> None:
-        """Send ``data`` within SOCKET_TIMEOUT_SECONDS in all, however slowly the client reads."""
-        deadline = time.monotonic() + SOCKET_TIMEOUT_SECONDS
+    def _send_all(self, data: bytes, deadline: float) -> None:
+        """Send ``data`` by ``deadline`` in all, however slowly the client reads."""
         view = memoryview(data)
         while view:
             remaining = deadline - time.monotonic()
@@ -214,13 +268,13 @@ class _Handler(socketserver.BaseRequestHandler):
             view = view[self.request.send(view) :]
 
 
-def _encode(response: Response, with_body: bool) -> bytes:
+def _encode(response: Response, with_body: bool, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
     lines = [
         f"HTTP/1.1 {response.status.value} {response.status.phrase}",
         f"Content-Type: {response.content_type}",
         f"Content-Length: {len(response.body)}",
         "Connection: close",
-        *(f"{name}: {value}" for name, value in response.headers),
+        *(f"{name}: {value}" for name, value in (*response.headers, *extra)),
     ]
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     return head + response.body if with_body else head
@@ -232,12 +286,13 @@ class _Server(socketserver.TCPServer):
     # dropped SYN is retried only after a second.
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], app: App) -> None:
+    def __init__(self, address: tuple[str, int], app: App, web: WebConfigWatcher | None) -> None:
         self.app = app
+        self.web = web
         self._pool = ThreadPoolExecutor(max_workers=HTTP_THREADS, thread_name_prefix="http-request")
         self._waiting = 0  # accepted connections not yet answered (being served or queued)
         self._waiting_lock = threading.Lock()
-        super().__init__(address, _Handler)
+        super().__init__(address, socketserver.BaseRequestHandler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._waiting_lock:
@@ -245,20 +300,24 @@ class _Server(socketserver.TCPServer):
             if not busy:
                 self._waiting += 1
         if busy:
-            with contextlib.suppress(OSError):  # a fresh socket's send buffer is empty: this never blocks
-                request.setblocking(False)
-                request.send(_encode(_plain(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n"), True))
+            # A fresh socket's send buffer is empty: this never blocks. Over TLS a plain answer would be
+            # garbage and a handshake here would block the accepting thread: close without one.
+            if self.web is None or self.web.active.ssl_context is None:
+                with contextlib.suppress(OSError):
+                    request.setblocking(False)
+                    request.send(_encode(_plain(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n"), True))
             self.shutdown_request(request)
             return
         self._pool.submit(self._serve_one, request, client_address)
 
     def _serve_one(self, request: Any, client_address: Any) -> None:
+        handler = _Handler(request, self, self.web.active if self.web else None)  # one config per connection
         try:
-            self.finish_request(request, client_address)
+            handler.serve()
         except Exception:
             self.handle_error(request, client_address)
         finally:
-            self.shutdown_request(request)
+            self.shutdown_request(handler.request)
             with self._waiting_lock:
                 self._waiting -= 1
 
@@ -274,22 +333,64 @@ class _ServerV6(_Server):
     address_family = socket.AF_INET6
 
 
-class MetricsServer:
-    """Serves ``app`` on ``host:port`` in a background thread; ``port`` 0 picks a free port, an empty
-    ``host`` means every IPv4 interface."""
+class _ServerDualStack(_ServerV6):
+    """``::`` with IPV6_V6ONLY off: IPv6 and (as mapped addresses) IPv4 on one socket."""
 
-    def __init__(self, app: App, host: str, port: int) -> None:
-        server_class = _ServerV6 if ":" in host else _Server
-        self._server = server_class((host or "0.0.0.0", port), app)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+def _listen(host: str, port: int, app: App, web: WebConfigWatcher | None) -> _Server:
+    if host:
+        return (_ServerV6 if ":" in host else _Server)((host, port), app, web)
+    if socket.has_ipv6 and hasattr(socket, "IPV6_V6ONLY"):
+        try:
+            return _ServerDualStack(("::", port), app, web)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise
+            log.info("no IPv6 (%s): listening on every IPv4 interface only", exc.strerror)
+    return _Server(("0.0.0.0", port), app, web)
+
+
+class MetricsServer:
+    """Serves ``app`` on ``host:port`` (or on each of ``addresses``), each in a background thread; ``port``
+    0 picks a free port, an empty ``host`` means every interface, IPv6 and IPv4 (IPv4 only where the
+    host has no IPv6). With ``web``, its web config (TLS, basic auth, headers) applies to every request,
+    and the watcher that reloads it runs while the server does."""
+
+    def __init__(self, app: App, host: str = "", port: int = 0, *, addresses: Sequence[tuple[str, int]] = (),
+                 web: WebConfigWatcher | None = None) -> None:
+        self._web = web
+        self._servers: list[_Server] = []
+        try:
+            for listen_host, listen_port in addresses or [(host, port)]:
+                self._servers.append(_listen(listen_host, listen_port, app, web))
+        except OSError:
+            for server in self._servers:
+                server.server_close()
+            raise
+        self._threads = [threading.Thread(target=s.serve_forever, name="http", daemon=True) for s in self._servers]
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        """The port of the first address."""
+        return self.ports[0]
+
+    @property
+    def ports(self) -> list[int]:
+        return [int(s.server_address[1]) for s in self._servers]
 
     def start(self) -> None:
-        self._thread.start()
+        if self._web is not None:
+            self._web.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        if self._web is not None:
+            self._web.stop()
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()

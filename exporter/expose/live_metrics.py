@@ -1,0 +1,81 @@
+"""Self-metrics that move with the clock, rendered on every scrape and appended to the cached exposition:
+``process_*`` (prometheus_client's process collector) and the web config's reload counter.
+
+The rest of the exposition is rendered and compressed once per store change (``ExpositionCache``); these
+few lines cost ~0.1 ms to render, so they are fresh on every scrape instead of stale between changes.
+The gzip answer stays one gzip member: the cached body is deflated once per change up to a sync flush,
+and each scrape continues a copy of that deflate stream with the live lines, so it compresses only
+those (a copy of zlib's state is a memcpy) and not the whole body again.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+
+from prometheus_client import generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from exporter.expose.exposition import GZIP_LEVEL, ExpositionCache
+from exporter.expose.webguard import RELOADS
+
+__all__ = ["LiveExposition", "WebConfigCollector"]
+
+WEB_CONFIG_RELOADS = "conda_exporter_web_config_reloads"
+WEB_CONFIG_RELOADS_HELP = (
+    "Reloads of --web.config.file after it or a certificate file it names changed, by result "
+    "(failure: the previous config stays in force)."
+)
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, mtime 0, unknown OS
+
+
+class WebConfigCollector(Collector):
+    def collect(self) -> Iterator[Metric]:
+        reloads = CounterMetricFamily(WEB_CONFIG_RELOADS, WEB_CONFIG_RELOADS_HELP, labels=("result",))
+        for result in ("success", "failure"):
+            reloads.add_metric((result,), RELOADS[result])
+        yield reloads
+
+
+class _Deflated:
+    """A body deflated up to a sync flush: its bytes, the compressor to continue from, CRC and length."""
+
+    def __init__(self, plain: bytes) -> None:
+        self.plain = plain
+        self.compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+        self.prefix = GZIP_HEADER + self.compressor.compress(plain) + self.compressor.flush(zlib.Z_SYNC_FLUSH)
+        self.crc = zlib.crc32(plain)
+
+
+class LiveExposition:
+    """``ExpositionCache``'s body with the live self-metrics appended, plain or as one gzip member."""
+
+    def __init__(self, cache: ExpositionCache) -> None:
+        self._cache = cache
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(ProcessCollector(registry=None))
+        self._registry.register(WebConfigCollector())
+        self._deflated: _Deflated | None = None
+        self._lock = threading.Lock()
+
+    def render(self, gzip: bool = False) -> bytes:
+        plain = self._cache.render()
+        live = generate_latest(self._registry)
+        if not gzip:
+            return plain + live
+        deflated = self._deflated
+        if deflated is None or deflated.plain is not plain:
+            with self._lock:  # one deflate of a new body at a time; the others wait for it (~3 ms)
+                deflated = self._deflated
+                if deflated is None or deflated.plain is not plain:
+                    deflated = _Deflated(plain)
+                    self._deflated = deflated
+        with self._lock:
+            compressor = deflated.compressor.copy()
+        tail = compressor.compress(live) + compressor.flush(zlib.Z_FINISH)
+        trailer = struct.pack("<II", zlib.crc32(live, deflated.crc), (len(plain) + len(live)) & 0xFFFFFFFF)
+        return deflated.prefix + tail + trailer
