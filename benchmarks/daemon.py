@@ -293,7 +293,8 @@ def main() -> int:
     tree = HERE / "trees" / args.size
     subprocess.run([sys.executable, str(HERE / "generate.py"), "--size", args.size, "--out", str(tree)],
                    check=True, stdout=subprocess.DEVNULL)
-    work = tree  # changed in place for the measurement, and restored after it
+    work = tree.resolve()  # changed in place for the measurement, and restored after it; resolved, as the
+    # exporter labels envs by real path (a symlinked tree dir would never match)
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run([EXPORTER, "--once", "--root", str(work)], check=True, stdout=subprocess.DEVNULL,
