@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from functools import cached_property
 from gzip import compress as gzip_compress
 
 from prometheus_client import generate_latest
@@ -51,11 +52,16 @@ def build_registry(store: SnapshotStore) -> CollectorRegistry:
 
 @dataclass(frozen=True)
 class _Body:
-    """The exposition as of one ``store.version``: its text, and that text as one gzip member."""
+    """The exposition as of one ``store.version``: its text, and that text as one gzip member (compressed
+    on first use: the HTTP front compresses its own stream, with the per-scrape lines appended, so this
+    one serves only other readers of a whole body)."""
 
     version: int
     plain: bytes
-    gzip: bytes
+
+    @cached_property
+    def gzip(self) -> bytes:
+        return gzip_compress(self.plain, compresslevel=GZIP_LEVEL, mtime=0)
 
 
 class ExpositionCache:
@@ -67,12 +73,9 @@ class ExpositionCache:
     until the next one; the self-metrics are rendered again when ``store.version`` moves. With hundreds
     of envs and many scrapers at once, rendering per scrape under the GIL is what made /metrics slow.
 
-    The gzip body is compressed eagerly, in the same render as the text, rather than lazily on the
-    first gzip scrape of a version: the render itself already waits for the first scrape after a
-    change, and Prometheus asks for gzip on every scrape, so lazy compression would save nothing where
-    it matters. One body holding both keeps the one-render-at-a-time rule below whole (no second lock,
-    and the gzip always decompresses to the plain body of the same version). It costs ~3 ms per change
-    for 300 envs, wasted only on a version that no gzip client reads.
+    The gzip form of a body is compressed on first use and kept with it, so it always decompresses to
+    the plain body of the same version. /metrics does not use it: it appends per-scrape lines
+    (``process_*``) and continues its own compressed stream (:mod:`exporter.expose.live_metrics`).
     """
 
     def __init__(self, store: SnapshotStore) -> None:
@@ -80,7 +83,7 @@ class ExpositionCache:
         self._snapshot_registry = _registry(*_snapshot_collectors(store))
         self._self_registry = _registry(ExporterCollector(store))
         self._snapshot_text: tuple[object, bytes] = (object(), b"")  # (snapshot, its families' text)
-        self._body = _Body(-1, b"", b"")
+        self._body = _Body(-1, b"")
         # One render at a time. While it runs, the other scrapes serve the previous body (a complete
         # exposition of the previous change, at most one render old) instead of all waiting for it or
         # all rendering it at once under the GIL: with hundreds of envs a render takes tens of ms.
@@ -113,4 +116,4 @@ class ExpositionCache:
             text = generate_latest(self._snapshot_registry)
             self._snapshot_text = (snapshot, text)
         plain = text + generate_latest(self._self_registry)
-        return _Body(version, plain, gzip_compress(plain, compresslevel=GZIP_LEVEL, mtime=0))
+        return _Body(version, plain)
