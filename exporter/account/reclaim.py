@@ -64,6 +64,20 @@ class _DeviceRows:
     package: I64  # global package id
 
 
+_Links = tuple[U64, I64, U64, U64]  # inode (sorted, unique), links held, st_nlink, blocks
+
+
+@dataclass(frozen=True)
+class _EnvRows:
+    """One env's shared rows, split by :meth:`CacheIndex.split`: ``pos``/``found`` for the rows a
+    cleanable package dir also holds, ``other`` for the rest."""
+
+    dev: int
+    pos: I64
+    found: I64
+    other: _Links
+
+
 @dataclass(frozen=True)
 class Freed:
     """What deleting a set of envs and cleaning frees beyond clean alone: ``bytes`` in all, and the
@@ -142,24 +156,38 @@ class CacheIndex:
             touched[package] = True
         return np.flatnonzero(touched & (self._open > 0) & (satisfied == self._open))
 
-    def lookup(self, dev: int, ino: U64, links: I64) -> tuple[npt.NDArray[np.bool_], tuple[I64, I64] | None]:
-        """Which of ``ino`` (sorted, unique, on ``dev``) are held by a cleanable package dir, and the
-        (package id, row satisfied) pairs of those rows when ``links`` of each go."""
-        rows = self._devices.get(dev)
+    def split(self, table: SharedInodes) -> _EnvRows:
+        """One env's rows with links outside it: those held by a cleanable package dir (as positions in
+        this index) and the others."""
+        ino, found, nlink, blocks = _outside_rows(table)
+        rows = self._devices.get(table.dev)
         if rows is None or not len(rows.ino) or not len(ino):
-            return np.zeros(len(ino), bool), None
+            return _EnvRows(table.dev, np.zeros(0, np.int64), np.zeros(0, np.int64), (ino, found, nlink, blocks))
         pos = np.minimum(np.searchsorted(rows.ino, ino), len(rows.ino) - 1)
         hit = rows.ino[pos] == ino
-        need = rows.need[pos[hit]]
-        done = ((need > 0) & (links[hit] >= need)).astype(np.int64)
-        return hit, (rows.package[pos[hit]], done)
+        miss = ~hit
+        return _EnvRows(table.dev, pos[hit], found[hit], (ino[miss], found[miss], nlink[miss], blocks[miss]))
+
+    def cache_hits(self, dev: int, parts: Sequence[_EnvRows]) -> tuple[I64, I64] | None:
+        """The (package id, row satisfied) pairs of the cache rows ``parts`` (envs on ``dev``) link to,
+        once all those links go."""
+        rows = self._devices.get(dev)
+        if rows is None or not any(len(p.pos) for p in parts):
+            return None
+        if len(parts) == 1:
+            pos, links = parts[0].pos, parts[0].found
+        else:
+            dense = np.zeros(len(rows.ino), np.int64)
+            for part in parts:
+                dense[part.pos] += part.found  # positions are unique within one env's rows
+            pos = np.flatnonzero(dense)
+            links = dense[pos]
+        need = rows.need[pos]
+        return rows.package[pos], ((need > 0) & (links >= need)).astype(np.int64)
 
     def freed_packages(self, hits: Iterable[tuple[I64, I64]]) -> tuple[tuple[str, int], ...]:
         cleaned = self._cleaned(hits)
         return tuple((self.paths[i], int(self._bytes[i])) for i in cleaned)
-
-
-_Links = tuple[U64, I64, U64, U64]  # inode (sorted, unique), links held, st_nlink, blocks
 
 
 def _outside_rows(table: SharedInodes) -> _Links:
@@ -176,37 +204,35 @@ def _combine(a: _Links, b: _Links) -> _Links:
     return distinct, links, np.concatenate([a[2], b[2]])[first], np.concatenate([a[3], b[3]])[first]
 
 
-def _merged(tables: Sequence[SharedInodes]) -> _Links:
-    """The rows of ``tables`` combined pairwise: an inode linked from many envs is one row early, so
-    memory stays near the number of distinct inodes rather than of all rows of all tables."""
-    if len(tables) == 1:
-        return _outside_rows(tables[0])
-    half = len(tables) // 2
-    return _combine(_merged(tables[:half]), _merged(tables[half:]))
+def _merged(parts: Sequence[_Links]) -> _Links:
+    """Rows of several envs combined pairwise: an inode linked from many envs is one row early, so
+    memory stays near the number of distinct inodes rather than of all rows."""
+    if len(parts) == 1:
+        return parts[0]
+    half = len(parts) // 2
+    return _combine(_merged(parts[:half]), _merged(parts[half:]))
 
 
-def _links_by_device(envs: Sequence[EnvUsage]) -> dict[int, _Links]:
-    """Per device, over the shared tables of ``envs``: each inode (sorted, unique) with the links the
-    envs hold, its st_nlink and its blocks. Rows already private to their env are left out: they are in
-    its unique bytes."""
-    by_dev: dict[int, list[SharedInodes]] = {}
-    for env in envs:
-        if len(env.usage.shared):
-            by_dev.setdefault(env.usage.dev, []).append(env.usage.shared)
-    return {dev: _merged(tables) for dev, tables in by_dev.items()}
-
-
-def reclaimable(index: CacheIndex, envs: Sequence[EnvUsage]) -> Freed:
+def reclaimable(index: CacheIndex, envs: Sequence[EnvUsage], split: dict[str, _EnvRows] | None = None) -> Freed:
     """What deleting every env of ``envs`` and then running ``conda clean --packages`` frees, beyond
-    what that clean alone would free (see the module doc)."""
+    what that clean alone would free (see the module doc). ``split`` memoises each env's rows as
+    :meth:`CacheIndex.split` divides them, by prefix, across calls on one index."""
+    split = {} if split is None else split
     total = sum(env.usage.unique_bytes for env in envs)
+    by_dev: dict[int, list[_EnvRows]] = {}
+    for env in envs:
+        if env.prefix not in split:
+            split[env.prefix] = index.split(env.usage.shared)
+        by_dev.setdefault(env.usage.dev, []).append(split[env.prefix])
     hits: list[tuple[I64, I64]] = []
-    for dev, (ino, links, nlink, blocks) in _links_by_device(envs).items():
-        held, pairs = index.lookup(dev, ino, links)
-        gone = ~held & (links >= nlink.astype(np.int64))
-        total += int(blocks[gone].sum()) * BLOCK_SIZE
+    for dev, parts in by_dev.items():
+        pairs = index.cache_hits(dev, parts)
         if pairs is not None:
             hits.append(pairs)
+        others = [p.other for p in parts if len(p.other[0])]
+        if len(others) > 1:  # one env's own rows all have links outside it: none is freed by it alone
+            _, links, nlink, blocks = _merged(others)
+            total += int(blocks[links >= nlink.astype(np.int64)].sum()) * BLOCK_SIZE
     packages = index.freed_packages(hits)
     return Freed(total + sum(size for _, size in packages), packages)
 
@@ -223,7 +249,8 @@ def reclaim_figures(
     An env is stale when its last conda transaction is more than ``stale_after`` seconds before
     ``now`` (a Unix time); one without a history file has no known age and is never stale."""
     index = CacheIndex(caches)
-    per_env = tuple((env.prefix, reclaimable(index, [env]).bytes) for env in envs)
+    split: dict[str, _EnvRows] = {}
+    per_env = tuple((env.prefix, reclaimable(index, [env], split).bytes) for env in envs)
     groups: dict[tuple[str, str], list[EnvUsage]] = {}
     stale: dict[str, list[EnvUsage]] = {root: [] for root in roots if root}
     for env in filter(_deletable, envs):
@@ -232,11 +259,11 @@ def reclaim_figures(
         if env.root in stale and last is not None and now - last > stale_after:
             stale[env.root].append(env)
     owners = tuple(
-        OwnerReclaim(root, owner, len(members), reclaimable(index, members).bytes)
+        OwnerReclaim(root, owner, len(members), reclaimable(index, members, split).bytes)
         for (root, owner), members in sorted(groups.items())
     )
     stale_sets = tuple(
-        StaleReclaim(root, len(members), reclaimable(index, members).bytes if members else 0)
+        StaleReclaim(root, len(members), reclaimable(index, members, split).bytes if members else 0)
         for root, members in stale.items()
     )
     return Reclaim(per_env, owners, stale_sets, stale_after, now)
