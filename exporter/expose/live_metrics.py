@@ -2,7 +2,8 @@
 ``process_*`` (prometheus_client's process collector) and the web config's reload counter.
 
 The rest of the exposition is rendered and compressed once per store change (``ExpositionCache``); these
-few lines cost ~0.1 ms to render, so they are fresh on every scrape instead of stale between changes.
+few lines are rendered again when the answer is more than ``LIVE_MAX_AGE`` old, so they are at most a
+second stale instead of stale between changes.
 The gzip answer stays one gzip member: the cached body is deflated once per change up to a sync flush,
 and each scrape continues a copy of that deflate stream with the live lines, so it compresses only
 those (a copy of zlib's state is a memcpy) and not the whole body again.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 
@@ -30,6 +32,9 @@ WEB_CONFIG_RELOADS_HELP = (
     "Reloads of --web.config.file after it or a certificate file it names changed, by result "
     "(failure: the previous config stays in force)."
 )
+# Seconds an answer with the live lines is reused. Reading /proc for process_* on every request cut the
+# throughput of /metrics under 20 concurrent clients by three quarters; Prometheus scrapes every 15 s.
+LIVE_MAX_AGE = 1.0
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, mtime 0, unknown OS
 
 
@@ -60,22 +65,32 @@ class LiveExposition:
         self._registry.register(ProcessCollector(registry=None))
         self._registry.register(WebConfigCollector())
         self._deflated: _Deflated | None = None
+        # gzip or not -> (the cached body it was made from, when, the whole answer)
+        self._answers: dict[bool, tuple[bytes, float, bytes]] = {}
         self._lock = threading.Lock()
 
     def render(self, gzip: bool = False) -> bytes:
+        """The exposition with the live lines, at most ``LIVE_MAX_AGE`` seconds old."""
         plain = self._cache.render()
+        now = time.monotonic()
+        answer = self._answers.get(gzip)
+        if answer is None or answer[0] is not plain or now - answer[1] >= LIVE_MAX_AGE:
+            with self._lock:  # one render of the live lines at a time; the others take its answer
+                answer = self._answers.get(gzip)
+                if answer is None or answer[0] is not plain or now - answer[1] >= LIVE_MAX_AGE:
+                    answer = (plain, time.monotonic(), self._render(plain, gzip))
+                    self._answers[gzip] = answer
+        return answer[2]
+
+    def _render(self, plain: bytes, gzip: bool) -> bytes:
         live = generate_latest(self._registry)
         if not gzip:
             return plain + live
         deflated = self._deflated
         if deflated is None or deflated.plain is not plain:
-            with self._lock:  # one deflate of a new body at a time; the others wait for it (~3 ms)
-                deflated = self._deflated
-                if deflated is None or deflated.plain is not plain:
-                    deflated = _Deflated(plain)
-                    self._deflated = deflated
-        with self._lock:
-            compressor = deflated.compressor.copy()
+            deflated = _Deflated(plain)
+            self._deflated = deflated
+        compressor = deflated.compressor.copy()
         tail = compressor.compress(live) + compressor.flush(zlib.Z_FINISH)
         trailer = struct.pack("<II", zlib.crc32(live, deflated.crc), (len(plain) + len(live)) & 0xFFFFFFFF)
         return deflated.prefix + tail + trailer
