@@ -27,12 +27,12 @@ import numpy as np
 import numpy.typing as npt
 
 from exporter.model import BLOCK_SIZE, I32, EnvUsage, OwnerReclaim, PkgsUsage, Reclaim, SharedInodes, StaleReclaim
+from exporter.scan.cache import NO_PACKAGE
 
 __all__ = ["CacheIndex", "Freed", "package_rows", "reclaim_figures", "reclaimable"]
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
-NO_PACKAGE = 0xFFFFFFFF  # exporter.scan.cache.NO_PACKAGE
 
 
 def package_rows(

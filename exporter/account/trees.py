@@ -144,10 +144,14 @@ def _rest_task(layout: RootLayout) -> RestTask | None:
     return RestTask(layout.path, layout.envs_container, env_prefixes)
 
 
+def _measure_rest_task(task: RestTask, options: ScanOptions) -> TreeUsage:
+    return account_tree(walk_tree(task.path, task.exclude, options.cross_filesystems))
+
+
 def measure_rest(layout: RootLayout, options: ScanOptions) -> TreeUsage | None:
     """Walk what of ``layout`` is neither env nor cache: ``ROOT/envs`` minus the env prefixes."""
     task = _rest_task(layout)
-    return account_tree(walk_tree(task.path, task.exclude, options.cross_filesystems)) if task else None
+    return _measure_rest_task(task, options) if task else None
 
 
 def measure(task: Task, options: ScanOptions) -> TaskResult:
@@ -155,7 +159,7 @@ def measure(task: Task, options: ScanOptions) -> TaskResult:
     if isinstance(task, EnvTask):
         return measure_env(task.env, options)
     if isinstance(task, RestTask):
-        return account_tree(walk_tree(task.path, task.exclude, options.cross_filesystems))
+        return _measure_rest_task(task, options)
     return measure_chunk(task, options)
 
 

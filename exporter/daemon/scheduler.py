@@ -190,11 +190,11 @@ class Daemon:
     def _batch(self, batch: dict[Target, str]) -> None:
         trigger = next((t for t in ("state", "poll") if t in batch.values()), "event")
         started = time.monotonic()
-        self.detector.forget(target.path for target in batch)
-        prints = self.detector.prints(self._layouts())
         old = self.store.snapshot
         if old is None:
-            return
+            return  # nothing published yet to rescan from: the startup or next reconcile scan covers it
+        self.detector.forget(target.path for target in batch)
+        prints = self.detector.prints(self._layouts())
         try:
             snapshot, self.layouts = rescan(
                 old, set(batch), roots=self.roots, current=self.layouts, discover=self.rootset.discover,
