@@ -30,6 +30,20 @@ __all__ = ["ChangeDetector"]
 log = logging.getLogger(__name__)
 
 
+def _memoised(
+    listing: Callable[[str], list[str]], known: Mapping[str, list[str]], kept: dict[str, list[str]]
+) -> Callable[[str], list[str]]:
+    """``listing`` answered from ``known`` where it holds the path; every answer is put in ``kept``, so a
+    memo keeps exactly the paths the last call asked for."""
+
+    def listed(path: str) -> list[str]:
+        found = known.get(path)
+        kept[path] = found if found is not None else listing(path)
+        return kept[path]
+
+    return listed
+
+
 class ChangeDetector:
     """Watches (or polls) the targets of the layouts it is given.
 
@@ -83,20 +97,13 @@ class ChangeDetector:
     def specs(self, layouts: Iterable[RootLayout]) -> dict[str, WatchSpec]:
         """The watch specs of ``layouts``, site-packages and channel/platform dirs from the memos where
         known."""
-        known, self._site_dirs = self._site_dirs, {}
+        known_sites, self._site_dirs = self._site_dirs, {}
         known_levels, self._levels = self._levels, {}
-
-        def site_dirs(prefix: str) -> list[str]:
-            found = known.get(prefix)
-            self._site_dirs[prefix] = found if found is not None else site_packages_dirs(prefix)
-            return self._site_dirs[prefix]
-
-        def levels(pkgs_dir: str) -> list[str]:
-            found = known_levels.get(pkgs_dir)
-            self._levels[pkgs_dir] = found if found is not None else cache_levels(pkgs_dir)
-            return self._levels[pkgs_dir]
-
-        return watch_specs(layouts, site_dirs, levels)
+        return watch_specs(
+            layouts,
+            _memoised(site_packages_dirs, known_sites, self._site_dirs),
+            _memoised(cache_levels, known_levels, self._levels),
+        )
 
     def prints(self, layouts: Iterable[RootLayout]) -> dict[Target, Fingerprint]:
         """Every target's fingerprint now."""

@@ -82,17 +82,22 @@ def _holds(path: str, *rel: str, file: bool = False) -> bool:
     return os.path.isfile(target) if file else os.path.isdir(target)
 
 
-def _scan(path: str) -> tuple[list[str], list[str]] | None:
-    """(sub-directory names, other names) of ``path``, None when it cannot be listed."""
+def _listing(path: str) -> tuple[list[str], list[str]]:
+    """(sub-directory names, other names) of ``path``; OSError when it cannot be listed."""
     dirs: list[str] = []
     others: list[str] = []
+    with os.scandir(path) as entries:
+        for entry in entries:
+            (dirs if entry.is_dir(follow_symlinks=False) else others).append(entry.name)
+    return dirs, others
+
+
+def _scan(path: str) -> tuple[list[str], list[str]] | None:
+    """:func:`_listing`, None when ``path`` cannot be listed."""
     try:
-        with os.scandir(path) as entries:
-            for entry in entries:
-                (dirs if entry.is_dir(follow_symlinks=False) else others).append(entry.name)
+        return _listing(path)
     except OSError:
         return None
-    return dirs, others
 
 
 class _Prober:
@@ -142,8 +147,7 @@ def list_cache(pkgs_dir: str) -> CacheListing:
     """Entries and levels of the package cache ``pkgs_dir`` (see the module doc); symlinks are
     never followed."""
     try:
-        with os.scandir(pkgs_dir):
-            pass
+        top = _listing(pkgs_dir)
     except OSError as exc:
         return CacheListing((), (), (WalkError(error_kind(exc), pkgs_dir, exc.strerror or str(exc)),))
     prober = _Prober()
@@ -152,7 +156,7 @@ def list_cache(pkgs_dir: str) -> CacheListing:
     pending = [(pkgs_dir, 0)]
     while pending:
         level, depth = pending.pop()
-        listed = _scan(level)
+        listed = top if level == pkgs_dir else _scan(level)  # the top is listed once, above
         if listed is None:
             continue  # vanished or unreadable since: the walk of the cache reports it
         dirs, others = listed
