@@ -1,20 +1,18 @@
-"""Self-metrics that move with the clock, rendered on every scrape and appended to the cached exposition:
-``process_*`` (prometheus_client's process collector) and the web config's reload counter.
+"""Self-metrics that move with the clock, appended to the cached exposition: ``process_*``
+(prometheus_client's process collector) and the web config's reload counter.
 
 The rest of the exposition is rendered and compressed once per store change (``ExpositionCache``); these
 few lines are rendered again when the answer is more than ``LIVE_MAX_AGE`` old, so they are at most a
 second stale instead of stale between changes.
-The gzip answer stays one gzip member: the cached body is deflated once per change up to a sync flush,
-and each scrape continues a copy of that deflate stream with the live lines, so it compresses only
-those (a copy of zlib's state is a memcpy) and not the whole body again.
+The gzip answer stays one gzip member: the cached body is deflated once per change up to a sync flush
+(:class:`exporter.expose.exposition.Body`) and the answer continues a copy of that deflate stream with
+the live lines, so it compresses only those (a copy of zlib's state is a memcpy).
 """
 
 from __future__ import annotations
 
-import struct
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 
 from prometheus_client import generate_latest
@@ -22,7 +20,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from exporter.expose.exposition import GZIP_LEVEL, ExpositionCache
+from exporter.expose.exposition import ExpositionCache
 from exporter.expose.webguard import RELOADS
 
 __all__ = ["LiveExposition", "WebConfigCollector"]
@@ -35,7 +33,6 @@ WEB_CONFIG_RELOADS_HELP = (
 # Seconds an answer with the live lines is reused. Reading /proc for process_* on every request cut the
 # throughput of /metrics under 20 concurrent clients by three quarters; Prometheus scrapes every 15 s.
 LIVE_MAX_AGE = 1.0
-GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, mtime 0, unknown OS
 
 
 class WebConfigCollector(Collector):
@@ -46,16 +43,6 @@ class WebConfigCollector(Collector):
         yield reloads
 
 
-class _Deflated:
-    """A body deflated up to a sync flush: its bytes, the compressor to continue from, CRC and length."""
-
-    def __init__(self, plain: bytes) -> None:
-        self.plain = plain
-        self.compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
-        self.prefix = GZIP_HEADER + self.compressor.compress(plain) + self.compressor.flush(zlib.Z_SYNC_FLUSH)
-        self.crc = zlib.crc32(plain)
-
-
 class LiveExposition:
     """``ExpositionCache``'s body with the live self-metrics appended, plain or as one gzip member."""
 
@@ -64,33 +51,20 @@ class LiveExposition:
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(ProcessCollector(registry=None))
         self._registry.register(WebConfigCollector())
-        self._deflated: _Deflated | None = None
         # gzip or not -> (the cached body it was made from, when, the whole answer)
         self._answers: dict[bool, tuple[bytes, float, bytes]] = {}
         self._lock = threading.Lock()
 
     def render(self, gzip: bool = False) -> bytes:
         """The exposition with the live lines, at most ``LIVE_MAX_AGE`` seconds old."""
-        plain = self._cache.render()
+        body = self._cache.body()
         now = time.monotonic()
         answer = self._answers.get(gzip)
-        if answer is None or answer[0] is not plain or now - answer[1] >= LIVE_MAX_AGE:
+        if answer is None or answer[0] is not body.plain or now - answer[1] >= LIVE_MAX_AGE:
             with self._lock:  # one render of the live lines at a time; the others take its answer
                 answer = self._answers.get(gzip)
-                if answer is None or answer[0] is not plain or now - answer[1] >= LIVE_MAX_AGE:
-                    answer = (plain, time.monotonic(), self._render(plain, gzip))
+                if answer is None or answer[0] is not body.plain or now - answer[1] >= LIVE_MAX_AGE:
+                    live = generate_latest(self._registry)
+                    answer = (body.plain, time.monotonic(), body.gzip(live) if gzip else body.plain + live)
                     self._answers[gzip] = answer
         return answer[2]
-
-    def _render(self, plain: bytes, gzip: bool) -> bytes:
-        live = generate_latest(self._registry)
-        if not gzip:
-            return plain + live
-        deflated = self._deflated
-        if deflated is None or deflated.plain is not plain:
-            deflated = _Deflated(plain)
-            self._deflated = deflated
-        compressor = deflated.compressor.copy()
-        tail = compressor.compress(live) + compressor.flush(zlib.Z_FINISH)
-        trailer = struct.pack("<II", zlib.crc32(live, deflated.crc), (len(plain) + len(live)) & 0xFFFFFFFF)
-        return deflated.prefix + tail + trailer
