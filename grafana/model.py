@@ -66,9 +66,16 @@ class Dashboard:
     time_from: str = "now-7d"
 
 
+# Grafana's schema requires text and value in ``current``. An empty value is in no option list, so Grafana picks
+# the default Prometheus datasource (or the first option) when the dashboard loads, as it does for a missing one.
+NO_CURRENT: JSON = {"text": "", "value": ""}
+# Multi-valued variables start on All, which is what Grafana picks first for them anyway.
+ALL_CURRENT: JSON = {"selected": True, "text": ["All"], "value": ["$__all"]}
+
+
 def datasource_variable() -> JSON:
     return {
-        "current": {},
+        "current": dict(NO_CURRENT),
         "hide": 0,
         "includeAll": False,
         "label": "Data source",
@@ -85,7 +92,7 @@ def datasource_variable() -> JSON:
 def query_variable(name: str, label: str, query: str, *, multi: bool = True) -> JSON:
     """A variable filled from ``label_values(...)``; multi-valued ones offer All, matched as ``.*``."""
     variable: JSON = {
-        "current": {},
+        "current": dict(ALL_CURRENT if multi else NO_CURRENT),
         "datasource": DATASOURCE,
         "definition": query,
         "hide": 0,
@@ -135,12 +142,16 @@ def _options(panel: Panel) -> JSON:
     reduce = {"calcs": ["lastNotNull"], "fields": "", "values": False}
     if panel.kind == "stat":
         return {"colorMode": "value", "graphMode": "area", "justifyMode": "auto", "orientation": "auto",
-                "reduceOptions": reduce, "textMode": "auto"}
+                "percentChangeColorMode": "standard", "reduceOptions": reduce, "showPercentChange": False,
+                "textMode": "auto", "wideLayout": True}
     if panel.kind == "bargauge":
-        return {"displayMode": "gradient", "minVizHeight": 16, "orientation": "horizontal",
-                "reduceOptions": reduce, "showUnfilled": True, "valueMode": "color"}
+        return {"displayMode": "gradient", "legend": {"calcs": [], "displayMode": "list", "placement": "bottom",
+                                                      "showLegend": False},
+                "maxVizHeight": 300, "minVizHeight": 16, "minVizWidth": 8, "namePlacement": "auto",
+                "orientation": "horizontal", "reduceOptions": reduce, "showUnfilled": True, "sizing": "auto",
+                "valueMode": "color"}
     if panel.kind == "table":
-        return {"cellHeight": "sm", "showHeader": True}
+        return {"cellHeight": "sm", "frameIndex": 0, "showHeader": True}
     return {"legend": {"calcs": ["lastNotNull", "max"], "displayMode": "table", "placement": "right",
                        "showLegend": True},
             "tooltip": {"mode": "multi", "sort": "desc"}}
@@ -198,7 +209,9 @@ def render(dashboard: Dashboard) -> JSON:
         "graphTooltip": 1,
         "id": None,
         "links": [{"asDropdown": False, "icon": "external link", "includeVars": True, "keepTime": True,
-                   "tags": [TAG], "targetBlank": False, "title": "conda dashboards", "type": "dashboards"}],
+                   "tags": [TAG], "targetBlank": False, "title": "conda dashboards",
+                   "tooltip": "The other conda-env-exporter dashboards, with the same host and time range",
+                   "type": "dashboards"}],
         "panels": _layout(dashboard.items),
         "refresh": "1m",
         "schemaVersion": SCHEMA_VERSION,

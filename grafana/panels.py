@@ -227,13 +227,15 @@ def exporter_health() -> Dashboard:
           (Target("histogram_quantile(0.9, sum by (instance, trigger, le) "
                   f"(rate(conda_exporter_scan_duration_seconds_bucket{{{HOST}}}[$__rate_interval])))",
                   "{{instance}} {{trigger}}"),), unit="s", w=12),
-        p("timeseries", "Scans per hour by trigger and result", "Scans run over the last hour, by what started "
+        p("timeseries", "Scans per hour by trigger and result", "Scans run, as a rate per hour, by what started "
           "them and whether they succeeded.",
-          (Target(f"sum by (instance, trigger, result) (increase(conda_exporter_scans_total{{{HOST}}}[1h]))",
+          (Target("sum by (instance, trigger, result) "
+                  f"(rate(conda_exporter_scans_total{{{HOST}}}[$__rate_interval])) * 3600",
                   "{{instance}} {{trigger}} {{result}}"),), unit="short", w=12),
-        p("timeseries", "Unreadable paths per hour, by kind", "Paths scans could not read over the last hour: "
+        p("timeseries", "Unreadable paths per hour, by kind", "Paths scans could not read, as a rate per hour: "
           "permission denied, vanished during the scan, I/O errors, unreadable conda metadata.",
-          (Target(f"sum by (instance, kind) (increase(conda_exporter_scan_errors_total{{{HOST}}}[1h]))",
+          (Target("sum by (instance, kind) "
+                  f"(rate(conda_exporter_scan_errors_total{{{HOST}}}[$__rate_interval])) * 3600",
                   "{{instance}} {{kind}}"),), unit="short", w=12),
         p("stat", "Watch mode", "How the exporter notices changes: inotify (immediate) or polling (slower; "
           "the fallback when inotify is unavailable or exhausted).",
@@ -245,9 +247,9 @@ def exporter_health() -> Dashboard:
            Target(f"conda_exporter_watch_limit_reached{{{HOST}}}", "{{instance}} limit reached")),
           unit="short", w=9, h=6),
         p("timeseries", "Filesystem events and queue overflows", "Change events the watcher receives per second, "
-          "and kernel queue overflows per hour (each forces a rescan).",
+          "and kernel queue overflows as a rate per hour (each forces a rescan).",
           (Target(f"rate(conda_exporter_events_total{{{HOST}}}[$__rate_interval])", "{{instance}} events/s"),
-           Target(f"increase(conda_exporter_queue_overflows_total{{{HOST}}}[1h])",
+           Target(f"rate(conda_exporter_queue_overflows_total{{{HOST}}}[$__rate_interval]) * 3600",
                   "{{instance}} overflows/h")), unit="short", w=9, h=6),
         p("stat", "Oldest result", "Age of the oldest numbers served: how long since the least recently "
           "verified env was last measured (time() minus the exporter's timestamp of it; no value while the "

@@ -157,13 +157,16 @@ def is_number(text: str) -> bool:
 class Prometheus:
     """A Prometheus server on 127.0.0.1 with its data in ``workdir``; stop() it (or use it as a context)."""
 
-    def __init__(self, workdir: Path, scrape_configs: list[dict[str, Any]], rule_files: list[Path]) -> None:
+    def __init__(self, workdir: Path, scrape_configs: list[dict[str, Any]], rule_files: list[Path],
+                 extra_config: dict[str, Any] | None = None) -> None:
+        """``extra_config``: more top-level sections of prometheus.yml (remote_write, alerting, ...)."""
         binary = shutil.which("prometheus")
         assert binary, "prometheus not found: apt-get install prometheus (tests/run does)"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
-                  "rule_files": [str(p) for p in rule_files], "scrape_configs": scrape_configs}
+                  "rule_files": [str(p) for p in rule_files], "scrape_configs": scrape_configs,
+                  **(extra_config or {})}
         config_file = workdir / "prometheus.yml"
         config_file.write_text(yaml.safe_dump(config))
         self.log = workdir / "prometheus.log"

@@ -1,4 +1,5 @@
-"""Structural checks of the Grafana dashboards (no Grafana server or schema is installable here).
+"""Structural checks of the Grafana dashboards (no Grafana server is installable here; Grafana's published JSON
+Schemas and its dashboard linter's rules are checked in test_grafana_schema.py).
 
 What Grafana needs to load them as provisioned files, and what makes them usable on a Prometheus shared by
 several hosts: unique ids, a grid without overlaps, every query through the ``$datasource`` variable, every

@@ -65,7 +65,7 @@ def container_path_to_repo(service: dict[str, Any], path: str) -> Path | None:
 def test_compose_services_mounts_and_ports() -> None:
     doc = compose()
     services = doc["services"]
-    assert set(services) == {"exporter", "prometheus", "grafana"}
+    assert set(services) == {"exporter", "prometheus", "alertmanager", "grafana"}
     for name, svc in services.items():
         image = svc["image"]
         assert ":" in image and not image.endswith(":latest"), f"{name}: pin the image tag"
@@ -100,6 +100,56 @@ def test_compose_prometheus_loads_every_rule_file_and_scrapes_the_exporter() -> 
     assert loaded == set(RULES_DIR.glob("*.yml")) and loaded
     targets = [t for job in config["scrape_configs"] for sc in job.get("static_configs", []) for t in sc["targets"]]
     assert f"exporter:{PORT}" in targets
+
+
+ALERTMANAGER_CONFIG = DEPLOY / "alertmanager" / "alertmanager.yml"
+
+
+def test_compose_prometheus_sends_alerts_to_the_stacks_alertmanager() -> None:
+    services = compose()["services"]
+    alertmanager = services["alertmanager"]
+    flags = dict(arg.split("=", 1) for arg in alertmanager["command"])
+    assert container_path_to_repo(alertmanager, flags["--config.file"]) == ALERTMANAGER_CONFIG
+    assert any(v.split(":")[1] == flags["--storage.path"] for v in alertmanager["volumes"]), "silences on a volume"
+    assert any(p.endswith(":9093:9093") for p in alertmanager["ports"])
+    assert "alertmanager" in services["prometheus"]["depends_on"]
+    config = yaml.safe_load((COMPOSE_DIR / "prometheus.yml").read_text())
+    targets = [t for am in config["alerting"]["alertmanagers"] for sc in am["static_configs"] for t in sc["targets"]]
+    assert targets == ["alertmanager:9093"]
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    return [r for g in yaml.safe_load((RULES_DIR / "alerts.yml").read_text())["groups"] for r in g["rules"]]
+
+
+def test_alertmanager_config_passes_amtool_and_fits_the_rules() -> None:
+    """amtool's own check, then the config against the rules: a route per severity the rules use, grouping and
+    inhibition on labels the alerts carry, the inhibition's target covering every other alert of the project."""
+    proc = subprocess.run([tool("amtool"), "check-config", str(ALERTMANAGER_CONFIG)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and "SUCCESS" in proc.stdout, proc.stdout + proc.stderr
+    config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
+    rules = _alert_rules()
+    severities = {r["labels"]["severity"] for r in rules}
+    routed = {m.split("=", 1)[1].strip('"') for route in config["route"]["routes"] for m in route["matchers"]
+              if m.startswith("severity=")}
+    assert severities == routed == {"critical", "warning", "info"}
+    assert {"instance", "root"} <= set(config["route"]["group_by"])
+    (inhibit,) = config["inhibit_rules"]
+    assert inhibit["source_matchers"] == ['alertname="CondaExporterDown"']
+    assert "CondaExporterDown" in {r["alert"] for r in rules}
+    assert inhibit["equal"] == ["instance"]
+    target = re.fullmatch(r'alertname=~"(.+)"', inhibit["target_matchers"][0])
+    assert target and 'alertname!="CondaExporterDown"' in inhibit["target_matchers"]
+    for rule in rules:
+        assert re.fullmatch(target.group(1), rule["alert"]), f"{rule['alert']} is not inhibited"
+    # amtool's routing tree sends each severity to a receiver that exists
+    receivers = {r["name"] for r in config["receivers"]}
+    for severity in severities:
+        proc = subprocess.run([tool("amtool"), "config", "routes", "test", f"--config.file={ALERTMANAGER_CONFIG}",
+                               f"severity={severity}", "alertname=CondaEnvGrowingFast"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and proc.stdout.strip() in receivers, proc.stdout + proc.stderr
 
 
 def test_compose_grafana_provisioning_points_into_the_stack() -> None:
