@@ -156,7 +156,7 @@ def test_kustomizations_list_every_manifest() -> None:
             assert target.exists(), f"{kfile}: {target} missing"
         here = {p.resolve() for p in kfile.parent.glob("*.yaml") if p.name != "kustomization.yaml"}
         assert here <= listed, f"{kfile}: not listed: {sorted(here - listed)}"
-    assert {p.parent.name for p in K8S.rglob("kustomization.yaml")} == {"common", "daemonset", "deployment"}
+    assert {p.parent.name for p in K8S.rglob("kustomization.yaml")} == {"common", "daemonset", "deployment", "secure"}
 
 
 def test_prometheusrule_is_up_to_date_with_the_rule_files() -> None:
