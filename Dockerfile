@@ -46,8 +46,10 @@ ENV CONDA_EXPORTER_ROOTS=/conda \
     CONDA_EXPORTER_STATE_FILE=/var/lib/conda-env-exporter/state.json
 USER 10001:10001
 EXPOSE 9867
-# No curl in slim images: probe with the interpreter, on the port the exporter was told to use.
+# No curl in slim images: the probe is the exporter's own (exporter/expose/probe.py). It reads the same
+# CONDA_EXPORTER_* settings, so it follows the port and speaks TLS when a web config is set; a 401 from basic
+# auth or a refused client certificate counts as serving, since only the exporter's own guard answers so.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('CONDA_EXPORTER_WEB_LISTEN_ADDRESS', ':9867').rpartition(':')[2]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
+    CMD ["python", "-m", "exporter.expose.probe"]
 ENTRYPOINT ["conda-env-exporter"]
 CMD ["serve"]

@@ -289,5 +289,8 @@ def test_deploy_readme_has_one_command_per_path() -> None:
         "docker compose -f deploy/compose/docker-compose.yml up",
         "scrape-static.yml",
         "scrape-file-sd.yml",
+        "scrape-secure.yml",
+        "kubectl apply -k deploy/kubernetes/secure",
+        "deploy/systemd/secure.conf",
     ):
         assert needle in text, needle

@@ -41,7 +41,7 @@ def test_dockerfile_shape() -> None:
     uid = container.user.split(":")[0]
     assert uid.isdigit() and int(uid) > 0, "numeric non-root USER, so runAsNonRoot can check it"
     assert container.exposed == [PORT]
-    assert "/healthz" in " ".join(container.healthcheck) and container.healthcheck[0] == "python"
+    assert container.healthcheck == ["python", "-m", "exporter.expose.probe"]  # tests/test_probe.py runs it
     assert container.env["CONDA_EXPORTER_ROOTS"] == "/conda"
     assert_known_env_vars(container.env, "Dockerfile ENV")
     assert Path(container.env["CONDA_EXPORTER_STATE_FILE"]).parent.as_posix() in container.volumes
