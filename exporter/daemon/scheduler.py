@@ -15,11 +15,13 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, replace
+from math import inf
 from typing import TYPE_CHECKING
 
 from exporter.daemon.debounce import DirtyTargets
 from exporter.daemon.detect import ChangeDetector
 from exporter.daemon.discovery import RootSet
+from exporter.daemon.guard import guarded, retry_startup, run_guarded
 from exporter.daemon.incremental import rescan
 from exporter.daemon.targets import Target
 from exporter.daemon.warm import PublishedState
@@ -61,6 +63,12 @@ class DaemonConfig:
         )
 
 
+def reconcile_options(options: ScanOptions) -> ScanOptions:
+    """A reconcile scan leaves a core to the scrapes: one worker fewer, at the lowest priority.
+    Taking twice as long is fine for a check that runs every few hours."""
+    return replace(options, nice=RECONCILE_NICE, workers=max(1, options.workers - 1))
+
+
 class Daemon:
     """Keeps ``store`` up to date for what ``discovery`` finds; start() runs it on a background thread."""
 
@@ -76,7 +84,9 @@ class Daemon:
         self._dirty = DirtyTargets(config.debounce)
         self._reconcile_requested = False
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="daemon", daemon=True)
+        self._next_poll, self._next_reconcile = 0.0, float("inf")
+        self._thread = threading.Thread(
+            target=run_guarded, args=(self._serve, store, self._stop), name="daemon", daemon=True)
 
     @property
     def roots(self) -> list[str]:
@@ -87,8 +97,7 @@ class Daemon:
         with self._cond:
             self.rootset = RootSet(discovery)
             self.options = options
-            self._reconcile_requested = True
-            self._cond.notify()
+        self._request_reconcile()
 
     def mark_dirty(self, target: Target, trigger: str = "event") -> None:
         """Note a change of ``target`` now (any thread); it is rescanned once quiet for ``debounce``
@@ -102,12 +111,15 @@ class Daemon:
     def _on_overflow(self) -> None:
         log.warning("inotify queue overflowed: events were lost, running a reconcile scan")
         self.store.count_events(overflows=1)
+        self._request_reconcile()
+
+    def _request_reconcile(self) -> None:
         with self._cond:
             self._reconcile_requested = True
             self._cond.notify()
 
     def start(self) -> None:
-        self._thread.start()
+        self._thread.start()  # runs _serve, guarded: see exporter.daemon.guard
 
     def stop(self, timeout: float) -> bool:
         """Ask the worker to end; True if it did within ``timeout`` seconds."""
@@ -124,7 +136,7 @@ class Daemon:
     def _layouts(self) -> list[RootLayout]:
         return [self.layouts[r] for r in self.roots if r in self.layouts]
 
-    def _run(self) -> None:
+    def _startup(self) -> None:
         self.detector.start(self.roots)
         self.layouts = self.rootset.discover_all()
         self.detector.sync(self._layouts())  # before the startup scan, so no change after it goes unseen
@@ -134,39 +146,42 @@ class Daemon:
         for target in changed or ():
             self.mark_dirty(target, "state")
         self.published.save(self.roots)
-        now = time.monotonic()
-        next_poll = now + self.config.poll_interval
-        interval = self.config.reconcile_interval
-        next_reconcile = now + interval if interval > 0 else float("inf")
+
+    def _serve(self) -> None:
+        retry_startup(self._startup, self.store, self._stop)
+        interval, now = self.config.reconcile_interval, time.monotonic()
+        self._next_poll, self._next_reconcile = now + self.config.poll_interval, now + interval if interval > 0 else inf
         while not self._stop.is_set():
-            polling = self.detector.mode == "poll"
-            if polling and time.monotonic() >= next_poll:
-                self.detector.poll(self._layouts(), self.published.prints)
-                next_poll = time.monotonic() + self.config.poll_interval
-            with self._cond:
-                now = time.monotonic()
-                batch = self._dirty.take_due(now)
-                reconcile = self._reconcile_requested or now >= next_reconcile
-                if not batch and not reconcile:
-                    wake = min(self._dirty.next_due(), next_reconcile, next_poll if polling else float("inf"))
-                    if wake > now:
-                        self._cond.wait(min(wake - now, 3600.0))
-                    continue
-                self._reconcile_requested = False
-                self._dirty.begin_batch()
+            guarded("loop", self._step, self.store, self._stop)
+
+    def _step(self) -> None:
+        """One turn of the loop: poll if due, then wait for or run one batch or reconcile."""
+        polling = self.detector.mode == "poll"
+        if polling and time.monotonic() >= self._next_poll:
+            self._next_poll = time.monotonic() + self.config.poll_interval
+            self.detector.poll(self._layouts(), self.published.prints)
+        with self._cond:
+            now = time.monotonic()
+            batch = self._dirty.take_due(now)
+            reconcile = self._reconcile_requested or now >= self._next_reconcile
+            if not batch and not reconcile:
+                wake = min(self._dirty.next_due(), self._next_reconcile, self._next_poll if polling else inf)
+                if wake > now:
+                    self._cond.wait(min(wake - now, 3600.0))
+                return
+            self._reconcile_requested = False
+            self._dirty.begin_batch()
+        try:
             if reconcile:  # a full scan covers the batch too
-                self._full_scan("reconcile", self._reconcile_options())
-                next_reconcile = time.monotonic() + interval if interval > 0 else float("inf")
+                interval = self.config.reconcile_interval
+                self._next_reconcile = time.monotonic() + interval if interval > 0 else inf
+                self._full_scan("reconcile", reconcile_options(self.options))
             else:
                 self._batch(batch)
             self.published.maybe_save(self.roots)
+        finally:
             with self._cond:
                 self._dirty.end_batch({} if reconcile else batch, time.monotonic())
-
-    def _reconcile_options(self) -> ScanOptions:
-        """A reconcile scan leaves a core to the scrapes: one worker fewer, at the lowest priority.
-        Taking twice as long is fine for a check that runs every few hours."""
-        return replace(self.options, nice=RECONCILE_NICE, workers=max(1, self.options.workers - 1))
 
     def _full_scan(self, trigger: str, options: ScanOptions) -> None:
         started = time.monotonic()
@@ -182,15 +197,12 @@ class Daemon:
         self.store.publish(snapshot, trigger)
         self.published.scanned_all(prints)
         self.detector.sync(self._layouts())
-        log.info(
-            "%s scan of %d root(s), %d env(s) done in %.2f s with %d error(s)",
-            trigger, len(snapshot.roots), len(snapshot.envs), snapshot.duration_seconds, len(snapshot.errors),
-        )
+        log.info("%s scan of %d root(s), %d env(s) done in %.2f s with %d error(s)", trigger, len(snapshot.roots),
+                 len(snapshot.envs), snapshot.duration_seconds, len(snapshot.errors))
 
     def _batch(self, batch: dict[Target, str]) -> None:
         trigger = next((t for t in ("state", "poll") if t in batch.values()), "event")
-        started = time.monotonic()
-        old = self.store.snapshot
+        started, old = time.monotonic(), self.store.snapshot
         if old is None:
             return  # nothing published yet to rescan from: the startup or next reconcile scan covers it
         self.detector.forget(target.path for target in batch)

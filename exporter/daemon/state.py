@@ -142,7 +142,7 @@ def load_state(path: str, roots: Sequence[str]) -> LoadedState:
             document = json.load(handle)
     except FileNotFoundError:
         return LoadedState("missing")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
         log.warning("ignoring state file %r: cannot read it as JSON (%s)", path, exc)
         return LoadedState("corrupt")
     refusal = _refusal(document, roots, path)
@@ -156,7 +156,7 @@ def load_state(path: str, roots: Sequence[str]) -> LoadedState:
             (str(k[0]), str(k[1]), str(k[2])): [list(map(int, s)) for s in stamps]
             for k, stamps in document.get("fingerprints", [])
         }
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         log.warning("ignoring state file %r: its contents do not decode (%s)", path, exc)
         return LoadedState("corrupt")
     return LoadedState("ok", snapshot, fingerprints)

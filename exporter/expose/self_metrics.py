@@ -48,6 +48,12 @@ STATE_LOADED_HELP = (
     "roots (written for other roots); no series without --state.file."
 )
 STATE_RESULTS = ("ok", "missing", "corrupt", "version", "roots")
+DAEMON_ERRORS = "conda_exporter_daemon_errors"
+DAEMON_ERRORS_HELP = (
+    "Errors the daemon's scheduling loop caught and survived, by kind (startup: retried after a back-off; "
+    "loop: the next turn goes on)."
+)
+DAEMON_ERROR_PLACES = ("startup", "loop")
 ENVS = "conda_exporter_envs"
 ENVS_HELP = "Environments in the latest snapshot, over all roots."
 
@@ -79,6 +85,11 @@ class ExporterCollector(Collector):
         for (trigger, result), count in sorted(health.scans_total.items()):
             scans.add_metric((trigger, result), count)
         yield scans
+
+        daemon_errors = CounterMetricFamily(DAEMON_ERRORS, DAEMON_ERRORS_HELP, labels=("kind",))
+        for kind in DAEMON_ERROR_PLACES:  # both always present, so rate() works from the first error on
+            daemon_errors.add_metric((kind,), health.daemon_errors_total.get(kind, 0))
+        yield daemon_errors
 
         yield GaugeMetricFamily(ENVS, ENVS_HELP, value=len(snapshot.envs) if snapshot else 0)
 

@@ -47,7 +47,7 @@ LANDING_PAGE = """<!DOCTYPE html>
 <p>Hardlink-aware disk usage of conda environments. Version {version}.</p>
 <ul>
 <li><a href="{metrics}">{metrics}</a>: metrics</li>
-<li><a href="/healthz">/healthz</a>: process alive</li>
+<li><a href="/healthz">/healthz</a>: process and its scheduling loop alive</li>
 <li><a href="/readyz">/readyz</a>: first scan done</li>
 </ul>
 </body></html>
@@ -119,7 +119,9 @@ def make_app(store: SnapshotStore, telemetry_path: str) -> App:
             extra = GZIP_HEADERS if gzip else (("Vary", "Accept-Encoding"),)
             return Response(HTTPStatus.OK, CONTENT_TYPE_LATEST, exposition.render(gzip=gzip), extra)
         if path == "/healthz":
-            return _plain(HTTPStatus.OK, "ok\n")
+            alive, reason = store.alive()
+            return _plain(HTTPStatus.OK, "ok\n") if alive else _plain(
+                HTTPStatus.SERVICE_UNAVAILABLE, f"daemon loop stopped: {reason}\n")
         if path == "/readyz":
             if store.ready:
                 return _plain(HTTPStatus.OK, "ready\n")

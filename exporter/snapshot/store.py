@@ -38,6 +38,9 @@ class ScanHealth:
     results_verified: bool = True
     # How loading the state file went (ok, missing, corrupt, version, roots); "" without a state file.
     state_loaded: str = ""
+    # Errors the daemon's scheduling loop survived, by reason (startup, loop); and why it stopped, if it did.
+    daemon_errors_total: Counter[str] = field(default_factory=Counter)
+    loop_failed: str = ""
 
     def copy(self) -> ScanHealth:
         """A deep copy: the containers too, so the copy never changes under its reader."""
@@ -45,6 +48,7 @@ class ScanHealth:
             self,
             errors_total=Counter(self.errors_total),
             scans_total=Counter(self.scans_total),
+            daemon_errors_total=Counter(self.daemon_errors_total),
             duration_buckets={k: list(v) for k, v in self.duration_buckets.items()},
             duration_sum=dict(self.duration_sum),
         )
@@ -124,6 +128,24 @@ class SnapshotStore:
             self._health.events_total += events
             self._health.queue_overflows_total += overflows
             self._version += 1
+
+    def count_daemon_error(self, reason: str) -> None:
+        """Count an error the daemon's scheduling loop caught and survived (``reason``: where)."""
+        with self._lock:
+            self._health.daemon_errors_total[reason] += 1
+            self._version += 1
+
+    def set_loop_failed(self, reason: str) -> None:
+        """The daemon's scheduling loop stopped for good: no scan will run again (see :meth:`alive`)."""
+        with self._lock:
+            self._health.loop_failed = reason or "stopped"
+            self._version += 1
+
+    def alive(self) -> tuple[bool, str]:
+        """(False, why) once the scheduling loop has stopped for good, else (True, ""): what /healthz says."""
+        with self._lock:
+            failed = self._health.loop_failed
+        return (not failed, failed)
 
     def health(self) -> ScanHealth:
         """A copy of the health record, consistent at one instant."""
