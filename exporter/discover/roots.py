@@ -69,12 +69,14 @@ class RootLayout:
 
 
 def label_value(name: str) -> str:
-    """Make a file name safe for a label value: valid UTF-8, undecodable bytes shown as ``\\xNN``.
+    """Make a file name safe for a label value: valid UTF-8, undecodable bytes shown as ``\\xNN`` and a
+    backslash doubled, so the mapping is reversible (two names never share a label: ``a\\xff`` typed
+    out and ``a`` followed by the byte 0xFF give ``a\\\\xff`` and ``a\\xff``).
 
-    File names come in as ``str`` with undecodable bytes as surrogates (``os.fsdecode``); quotes,
-    backslashes and newlines are escaped later by the exposition format itself.
+    File names come in as ``str`` with undecodable bytes as surrogates (``os.fsdecode``); the exposition
+    format then escapes quotes, backslashes and newlines once more on the wire.
     """
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return name.replace("\\", "\\\\").encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _is_dir(path: str) -> bool:
