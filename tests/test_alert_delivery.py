@@ -5,9 +5,8 @@ Only the receiver's URL and the group timings are changed (to this test's webhoo
 minutes); routes, grouping and the inhibition are the shipped ones. Alerts are posted to Alertmanager's API as
 Prometheus posts them, with the labels and annotations the rules give them.
 
-NOT covered here (yet): a real Prometheus evaluating the project's rules over a real exporter and sending to
-this Alertmanager. The rules' ``for:`` durations (5 to 60 minutes) are written in alerts.yml and no mechanism
-exists yet to shorten them without editing rule text; see the rules' README.
+The whole path, from a real exporter through a real Prometheus evaluating the project's rules to this
+Alertmanager, is tests/test_alert_e2e.py, which uses this module's Alertmanager and webhook.
 """
 
 from __future__ import annotations
