@@ -27,6 +27,7 @@ import yaml
 
 from tests.conftest import EXPORTER
 from tests.e2e_tree import build_root
+from tests.exposition import samples
 from tests.httpwait import fetch, free_port, poll, wait_ready
 from tests.promserver import (
     RULE_FILES,
@@ -238,3 +239,24 @@ def test_every_expression_returns_data_from_victoriametrics(settled: Fleet) -> N
     # and the hosts are all there
     result = _vm_query(settled.vm_url, variable_query('label_values(conda_exporter_build_info, instance)')[0])
     assert {r["metric"]["instance"] for r in result} == set(settled.instances)
+
+
+def test_per_owner_totals_add_up_across_hosts(settled: Fleet) -> None:
+    """The owner records keep their instance, so a site-wide total is one sum by owner over them; it must equal
+    the hand-made join of each host's own /metrics (conda_env_unique_bytes by conda_env_info's owner)."""
+    expected: dict[str, float] = {}
+    for instance in settled.instances:
+        text = samples(fetch(f"http://{instance}/metrics")[1])
+        owners = {(d["root"], d["env"]): d["owner"] for d in map(dict, text["conda_env_info"])}
+        for labels, value in text["conda_env_unique_bytes"].items():
+            d = dict(labels)
+            owner = owners[(d["root"], d["env"])]
+            expected[owner] = expected.get(owner, 0.0) + value
+    assert expected
+    query = "sum by (owner) (owner:conda_env_unique_bytes:sum)"
+    for source, result in (("Prometheus", lambda: settled.prometheus.query(query)),
+                           ("VictoriaMetrics", lambda: _vm_query(settled.vm_url, query))):
+        def agreed(result: Any = result) -> dict[str, float] | None:
+            got = {r["metric"]["owner"]: float(r["value"][1]) for r in result()}
+            return got if got == expected else None
+        poll(agreed, DEADLINE, f"{source}: per-owner totals over the three hosts = {expected}")
