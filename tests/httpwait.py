@@ -8,6 +8,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -51,3 +52,24 @@ def wait_ready(proc: subprocess.Popen[str], port: int, deadline_seconds: float =
         return True if fetch(f"http://127.0.0.1:{port}/readyz")[0] == 200 else None
 
     poll(ready, deadline_seconds, "/readyz")
+
+
+def start_service(argv: list[str], log: Path, ready_url: str, deadline_seconds: float = 30) -> subprocess.Popen[bytes]:
+    """Start a server binary (Prometheus, Alertmanager, VictoriaMetrics, node_exporter) with its output in ``log``
+    and wait until ``ready_url`` answers 200; fail with the log's tail if it exits first."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    name = Path(argv[0]).name
+
+    def ready() -> bool | None:
+        if proc.poll() is not None:
+            raise AssertionError(f"{name} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        return True if fetch(ready_url)[0] == 200 else None
+
+    try:
+        poll(ready, deadline_seconds, f"{name} {ready_url}")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc

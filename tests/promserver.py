@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from tests.httpwait import fetch, free_port, poll
+from tests.httpwait import fetch, free_port, poll, start_service
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD_DIR = REPO / "grafana" / "dashboards"
@@ -170,17 +170,10 @@ class Prometheus:
         config_file = workdir / "prometheus.yml"
         config_file.write_text(yaml.safe_dump(config))
         self.log = workdir / "prometheus.log"
-        with self.log.open("w") as log:
-            self.proc = subprocess.Popen(
-                [binary, f"--config.file={config_file}", f"--storage.tsdb.path={workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle"],
-                stdout=log, stderr=subprocess.STDOUT)
-        poll(self._ready, 30, "Prometheus /-/ready")
-
-    def _ready(self) -> bool | None:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"prometheus exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-        return True if fetch(f"{self.url}/-/ready")[0] == 200 else None
+        self.proc = start_service(
+            [binary, f"--config.file={config_file}", f"--storage.tsdb.path={workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle"],
+            self.log, f"{self.url}/-/ready")
 
     def api(self, path: str, **params: str) -> Any:
         """GET /api/v1/<path>; returns ``data`` or raises with Prometheus's error."""
@@ -230,16 +223,8 @@ def start_node_exporter(log: Path) -> tuple[subprocess.Popen[bytes], int]:
     binary = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
     assert binary, "node_exporter not found: apt-get install prometheus-node-exporter"
     port = free_port()
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [binary, "--collector.disable-defaults", "--collector.filesystem",
-             "--collector.filesystem.fs-types-exclude=^(proc|sysfs|cgroup2?|devpts|mqueue|nsfs|tracefs)$",
-             f"--web.listen-address=127.0.0.1:{port}"], stdout=out, stderr=subprocess.STDOUT)
-
-    def ready() -> bool | None:
-        if proc.poll() is not None:
-            raise AssertionError(f"node_exporter exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
-        return True if fetch(f"http://127.0.0.1:{port}/metrics")[0] == 200 else None
-
-    poll(ready, 15, "node_exporter /metrics")
+    proc = start_service(
+        [binary, "--collector.disable-defaults", "--collector.filesystem",
+         "--collector.filesystem.fs-types-exclude=^(proc|sysfs|cgroup2?|devpts|mqueue|nsfs|tracefs)$",
+         f"--web.listen-address=127.0.0.1:{port}"], log, f"http://127.0.0.1:{port}/metrics", 15)
     return proc, port

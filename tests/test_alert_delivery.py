@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.httpwait import fetch, free_port, poll
+from tests.httpwait import fetch, free_port, poll, start_service
 
 CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "alertmanager" / "alertmanager.yml"
 DEADLINE = 30.0
@@ -79,20 +78,11 @@ def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     config = work / "alertmanager.yml"
     config.write_text(yaml.safe_dump(_test_config(webhook.url)))
     port = free_port()
-    log = work / "alertmanager.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.path={work / 'data'}",
-                                 f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-                                stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool | None:
-        if proc.poll() is not None:
-            raise AssertionError(f"alertmanager exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
-        return True if fetch(f"{url}/-/ready")[0] == 200 else None
-
+    proc = start_service([binary, f"--config.file={config}", f"--storage.path={work / 'data'}",
+                          f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+                         work / "alertmanager.log", f"{url}/-/ready")
     try:
-        poll(ready, 30, "alertmanager /-/ready")
         yield url, webhook
     finally:
         proc.terminate()

@@ -5,7 +5,6 @@ Operator schemas, a real Prometheus scraping a real exporter with the shipped fi
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,6 +19,7 @@ from tests.deployrun import EXPORTER, K8S, K8S_VERSIONS, UNIT, assert_known_env_
 from tests.deploytools import DEPLOY
 from tests.httpwait import free_port
 from tests.promserver import Prometheus
+from tests.test_deploy_compose import promtool_check_config
 from tests.test_deploy_kubernetes import crd_validator
 
 WEB_CONFIG = DEPLOY / "systemd" / "web-config.yml"
@@ -109,15 +109,11 @@ def test_prometheus_scrapes_with_the_shipped_web_config_and_scrape_example(
         plain = {"job_name": "plain-http", "scrape_interval": "1s", "scrape_timeout": "1s",
                  "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
         with Prometheus(tmp_path, [job, wrong, plain], []) as prom:
-            def alive() -> bool | None:
-                assert proc.poll() is None, (tmp_path / "exporter.log").read_text()
-                return True
-            alive()
             prom.wait_for(f'up{{job="{job["job_name"]}"}} == 1', 60, "the scrape with the shipped files")
             prom.wait_for(f'conda_root_bytes{{job="{job["job_name"]}"}}', 30, "the exporter's metrics")
             prom.wait_for('up{job="wrong-password"} == 0', 30, "the scrape with a wrong password")
             prom.wait_for('up{job="plain-http"} == 0', 30, "plain HTTP to the TLS port")
-            alive()
+            assert proc.poll() is None, (tmp_path / "exporter.log").read_text()  # down for its reasons, not dead
     finally:
         proc.terminate()
         proc.wait(timeout=15)
@@ -194,13 +190,9 @@ def test_promtool_accepts_the_secure_scrape_example(tmp_path: Path) -> None:
     config = yaml.safe_load(SCRAPE_SECURE.read_text())
     job = config["scrape_configs"][0]
     assert job["scheme"] == "https" and "tls_config" in job and "basic_auth" in job
-    for key, name in (("ca_file", "ca.crt"),):
-        (tmp_path / name).write_text("")
-        job["tls_config"][key] = str(tmp_path / name)
+    (tmp_path / "ca.crt").write_text("")
+    job["tls_config"]["ca_file"] = str(tmp_path / "ca.crt")
     (tmp_path / "password").write_text("x\n")
     job["basic_auth"]["password_file"] = str(tmp_path / "password")
-    path = tmp_path / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config))
-    proc = subprocess.run([tool("promtool"), "check", "config", str(path)], capture_output=True, text=True,
-                          timeout=60, env={**os.environ})
+    proc = promtool_check_config(config, tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -28,7 +28,7 @@ import yaml
 from tests.conftest import EXPORTER
 from tests.e2e_tree import build_root
 from tests.exposition import samples
-from tests.httpwait import fetch, free_port, poll, wait_ready
+from tests.httpwait import fetch, free_port, poll, start_service, wait_ready
 from tests.promserver import (
     RULE_FILES,
     SUBSTITUTIONS,
@@ -70,19 +70,10 @@ def _start_vm(work: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     binary = shutil.which("victoria-metrics")
     assert binary, "victoria-metrics not found: apt-get install victoria-metrics (tests/run does)"
     port = free_port()
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [binary, f"-storageDataPath={work / 'vm-data'}", f"-httpListenAddr=127.0.0.1:{port}",
-             "-retentionPeriod=1d", "-search.latencyOffset=0s", "-search.disableCache"],
-            stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool | None:
-        if proc.poll() is not None:
-            raise AssertionError(f"victoria-metrics exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
-        return True if fetch(f"{url}/health")[0] == 200 else None
-
-    poll(ready, 30, "victoria-metrics /health")
+    proc = start_service(
+        [binary, f"-storageDataPath={work / 'vm-data'}", f"-httpListenAddr=127.0.0.1:{port}",
+         "-retentionPeriod=1d", "-search.latencyOffset=0s", "-search.disableCache"], log, f"{url}/health")
     return proc, url
 
 
