@@ -32,13 +32,9 @@ def guarded(where: str, step: Callable[[], None], store: SnapshotStore, stop: th
     ``stop`` is set) and return False."""
     try:
         step()
-    except StartupIncompleteError as exc:
-        log.error("daemon %s step failed: %s; retrying in %.0f s", where, exc, backoff)
-        store.count_daemon_error(where)
-        stop.wait(backoff)
-        return False
-    except Exception:
-        log.exception("daemon %s step failed; retrying in %.0f s", where, backoff)
+    except Exception as exc:  # a StartupIncompleteError is expected: its message says all, no traceback
+        log.error("daemon %s step failed: %s; retrying in %.0f s", where, exc, backoff,
+                  exc_info=not isinstance(exc, StartupIncompleteError))
         store.count_daemon_error(where)
         stop.wait(backoff)
         return False

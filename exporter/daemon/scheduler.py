@@ -69,6 +69,11 @@ def reconcile_options(options: ScanOptions) -> ScanOptions:
     return replace(options, nice=RECONCILE_NICE, workers=max(1, options.workers - 1))
 
 
+def due_after(interval: float) -> float:
+    """The monotonic time ``interval`` seconds from now; never (inf) for an interval of 0, which disables."""
+    return time.monotonic() + interval if interval > 0 else inf
+
+
 class Daemon:
     """Keeps ``store`` up to date for what ``discovery`` finds; start() runs it on a background thread."""
 
@@ -84,7 +89,7 @@ class Daemon:
         self._dirty = DirtyTargets(config.debounce)
         self._reconcile_requested = False
         self._stop = threading.Event()
-        self._next_poll, self._next_reconcile = 0.0, float("inf")
+        self._next_poll, self._next_reconcile = 0.0, inf
         self._thread = threading.Thread(
             target=run_guarded, args=(self._serve, store, self._stop), name="daemon", daemon=True)
 
@@ -149,8 +154,8 @@ class Daemon:
 
     def _serve(self) -> None:
         retry_startup(self._startup, self.store, self._stop)
-        interval, now = self.config.reconcile_interval, time.monotonic()
-        self._next_poll, self._next_reconcile = now + self.config.poll_interval, now + interval if interval > 0 else inf
+        self._next_poll = due_after(self.config.poll_interval)
+        self._next_reconcile = due_after(self.config.reconcile_interval)
         while not self._stop.is_set():
             guarded("loop", self._step, self.store, self._stop)
 
@@ -158,7 +163,7 @@ class Daemon:
         """One turn of the loop: poll if due, then wait for or run one batch or reconcile."""
         polling = self.detector.mode == "poll"
         if polling and time.monotonic() >= self._next_poll:
-            self._next_poll = time.monotonic() + self.config.poll_interval
+            self._next_poll = due_after(self.config.poll_interval)
             self.detector.poll(self._layouts(), self.published.prints)
         with self._cond:
             now = time.monotonic()
@@ -173,8 +178,7 @@ class Daemon:
             self._dirty.begin_batch()
         try:
             if reconcile:  # a full scan covers the batch too
-                interval = self.config.reconcile_interval
-                self._next_reconcile = time.monotonic() + interval if interval > 0 else inf
+                self._next_reconcile = due_after(self.config.reconcile_interval)
                 self._full_scan("reconcile", reconcile_options(self.options))
             else:
                 self._batch(batch)
