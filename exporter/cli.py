@@ -142,7 +142,8 @@ def serve(settings: Settings, roots: list[str], fixed_roots: bool = False) -> in
     restart."""
     # Imported here: --once and report need neither the daemon (inotify) nor the HTTP server, and start faster.
     from exporter.daemon.scheduler import Daemon, DaemonConfig
-    from exporter.expose.server import MetricsServer, make_app
+    from exporter.expose.app import make_app
+    from exporter.expose.server import MetricsServer
     from exporter.expose.webconfig import WebConfigError
     from exporter.expose.webguard import WebConfigWatcher
 

@@ -16,9 +16,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 import exporter.expose.server
 from exporter.discover.roots import discover_root
+from exporter.expose.app import accepts_gzip, make_app
 from exporter.expose.exposition import ExpositionCache
 from exporter.expose.live_metrics import LiveExposition
-from exporter.expose.server import MAX_HEADERS, MAX_LINE_BYTES, MetricsServer, accepts_gzip, make_app
+from exporter.expose.server import MAX_HEADERS, MAX_LINE_BYTES, MetricsServer
 from exporter.snapshot.full import full_scan
 from exporter.snapshot.store import SnapshotStore
 from tests.exposition import samples

@@ -21,7 +21,8 @@ import yaml
 
 import exporter.expose.server
 from exporter.discover.roots import discover_root
-from exporter.expose.server import HTTP_THREADS, MetricsServer, make_app
+from exporter.expose.app import make_app
+from exporter.expose.server import HTTP_THREADS, MetricsServer
 from exporter.expose.webguard import RELOADS, Authenticator, WebConfigWatcher
 from exporter.snapshot.full import full_scan
 from exporter.snapshot.store import SnapshotStore

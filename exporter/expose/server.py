@@ -1,7 +1,6 @@
-"""HTTP front: ``/metrics`` from the latest snapshot, ``/healthz``, ``/readyz`` and a landing page.
+"""HTTP front: connections, TLS and authentication in front of the application of ``app``.
 
-A scrape is answered with the exposition rendered (and gzip-compressed) once per change of the store
-(``exposition.ExpositionCache``) plus the few live lines of ``live_metrics``; it never waits for a scan.
+What each path answers is ``app.make_app``'s; a scrape never waits for a scan.
 With ``--web.config.file`` (``webconfig``, ``webguard``) connections are TLS and requests are authenticated.
 
 The server speaks the small part of HTTP/1.x a scraper needs: ``GET`` and ``HEAD`` of a path, a
@@ -14,47 +13,25 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import html
 import logging
 import socket
 import socketserver
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
-from prometheus_client import CONTENT_TYPE_LATEST
-
-from exporter import __version__
-from exporter.expose.exposition import ExpositionCache
-from exporter.expose.live_metrics import LiveExposition
+from exporter.expose.app import App, Response, plain
 from exporter.expose.webguard import ActiveWebConfig, WebConfigWatcher, san_allowed
-from exporter.snapshot.store import SnapshotStore
 
-__all__ = ["App", "MetricsServer", "Response", "accepts_gzip", "make_app"]
+__all__ = ["MetricsServer"]
 
 log = logging.getLogger(__name__)
 
-LANDING_PAGE = """<!DOCTYPE html>
-<html><head><title>conda-env-exporter</title></head>
-<body>
-<h1>conda-env-exporter</h1>
-<p>Hardlink-aware disk usage of conda environments. Version {version}.</p>
-<ul>
-<li><a href="{metrics}">{metrics}</a>: metrics</li>
-<li><a href="/healthz">/healthz</a>: process and its scheduling loop alive</li>
-<li><a href="/readyz">/readyz</a>: first scan done</li>
-</ul>
-</body></html>
-"""
-
-PLAIN = "text/plain; charset=utf-8"
-GZIP_HEADERS = (("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding"))
 # Request head limits: a scraper sends a request line and a handful of short headers.
 MAX_HEAD_BYTES = 16384
 MAX_LINE_BYTES = 8192
@@ -70,67 +47,6 @@ SOCKET_TIMEOUT_SECONDS = 10.0
 # than piling up (each holds a file descriptor).
 MAX_WAITING = 64
 TLS_HANDSHAKE_RECORD = 0x16  # the first byte a TLS client sends; anything else on a TLS port is plain HTTP
-
-
-@dataclass(frozen=True)
-class Response:
-    """What to answer: status, ``Content-Type`` and body (sent without it for ``HEAD``)."""
-
-    status: HTTPStatus
-    content_type: str
-    body: bytes
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-App = Callable[[str, Mapping[str, str]], Response]
-"""Answers a ``GET`` of a path (query string removed) given the request headers (names lower-case)."""
-
-
-def _plain(status: HTTPStatus, text: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
-    return Response(status, PLAIN, text.encode(), headers)
-
-
-def accepts_gzip(accept_encoding: str) -> bool:
-    """Whether an ``Accept-Encoding`` header value admits gzip (listed, or ``*``, with q above 0)."""
-    quality: dict[str, float] = {}
-    for item in accept_encoding.split(","):
-        coding, *params = (part.strip() for part in item.split(";"))
-        q = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        if coding:
-            quality[coding.lower()] = q
-    return quality.get("gzip", quality.get("x-gzip", quality.get("*", 0.0))) > 0
-
-
-def make_app(store: SnapshotStore, telemetry_path: str) -> App:
-    """The application serving every endpoint."""
-    exposition = LiveExposition(ExpositionCache(store))  # process_* and the like rendered per scrape
-    landing = LANDING_PAGE.format(version=html.escape(__version__), metrics=html.escape(telemetry_path)).encode()
-
-    def app(path: str, headers: Mapping[str, str]) -> Response:
-        if path == telemetry_path:
-            gzip = accepts_gzip(headers.get("accept-encoding", ""))  # Prometheus asks for it
-            extra = GZIP_HEADERS if gzip else (("Vary", "Accept-Encoding"),)
-            return Response(HTTPStatus.OK, CONTENT_TYPE_LATEST, exposition.render(gzip=gzip), extra)
-        if path == "/healthz":
-            alive, reason = store.alive()
-            return _plain(HTTPStatus.OK, "ok\n") if alive else _plain(
-                HTTPStatus.SERVICE_UNAVAILABLE, f"daemon loop stopped: {reason}\n")
-        if path == "/readyz":
-            if store.ready:
-                return _plain(HTTPStatus.OK, "ready\n")
-            return _plain(HTTPStatus.SERVICE_UNAVAILABLE, "first scan not finished\n")
-        if path == "/":
-            return Response(HTTPStatus.OK, "text/html; charset=utf-8", landing)
-        return _plain(HTTPStatus.NOT_FOUND, "not found\n")
-
-    return app
 
 
 class _BadRequestError(Exception):
@@ -202,7 +118,7 @@ class _Handler:
         first = raw.recv(1, socket.MSG_PEEK)
         if first and first[0] != TLS_HANDSHAKE_RECORD:
             self._receive_head(deadline)
-            self._send_all(_encode(_plain(HTTPStatus.BAD_REQUEST, "Client sent an HTTP request to an HTTPS "
+            self._send_all(_encode(plain(HTTPStatus.BAD_REQUEST, "Client sent an HTTP request to an HTTPS "
                                           "server.\n"), True), deadline)
             return False
         tls = context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
@@ -218,14 +134,14 @@ class _Handler:
         if web is None:
             return None
         if web.limited():
-            return _plain(HTTPStatus.TOO_MANY_REQUESTS, "Too Many Requests\n")
+            return plain(HTTPStatus.TOO_MANY_REQUESTS, "Too Many Requests\n")
         tls = web.config.tls
         if tls is not None and tls.client_allowed_sans is not None and not san_allowed(
             self.peer_cert, tls.client_allowed_sans
         ):
-            return _plain(HTTPStatus.FORBIDDEN, "client certificate has none of the allowed SANs\n")
+            return plain(HTTPStatus.FORBIDDEN, "client certificate has none of the allowed SANs\n")
         if web.unauthorized(headers.get("authorization", "")):
-            return _plain(HTTPStatus.UNAUTHORIZED, "Unauthorized\n", (("WWW-Authenticate", "Basic"),))
+            return plain(HTTPStatus.UNAUTHORIZED, "Unauthorized\n", (("WWW-Authenticate", "Basic"),))
         return None
 
     def serve(self) -> None:
@@ -240,17 +156,17 @@ class _Handler:
             method, path, headers = _parse_head(head)
             response = self._guard(headers)
             if response is None and method not in ("GET", "HEAD"):
-                response = _plain(HTTPStatus.METHOD_NOT_ALLOWED, "only GET and HEAD\n", (("Allow", "GET, HEAD"),))
+                response = plain(HTTPStatus.METHOD_NOT_ALLOWED, "only GET and HEAD\n", (("Allow", "GET, HEAD"),))
             elif response is None:
                 response = self.server.app(path, headers)
         except _BadRequestError as exc:
-            response = _plain(exc.status, str(exc))
+            response = plain(exc.status, str(exc))
         except (TimeoutError, ConnectionError, ssl.SSLError) as exc:
             log.debug("dropped a connection: %r", exc)
             return  # the client went quiet or away, or failed the handshake: nobody to answer
         except Exception:
             log.exception("error answering a request")
-            response = _plain(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n")
+            response = plain(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n")
         extra = self.web.config.headers if self.web else ()
         with contextlib.suppress(TimeoutError, ConnectionError, ssl.SSLError):  # the scraper gave up
             self._send_all(_encode(response, with_body, extra), time.monotonic() + SOCKET_TIMEOUT_SECONDS)
@@ -307,7 +223,7 @@ class _Server(socketserver.TCPServer):
             if self.web is None or self.web.active.ssl_context is None:
                 with contextlib.suppress(OSError):
                     request.setblocking(False)
-                    request.send(_encode(_plain(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n"), True))
+                    request.send(_encode(plain(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n"), True))
             self.shutdown_request(request)
             return
         self._pool.submit(self._serve_one, request, client_address)
