@@ -1,6 +1,6 @@
 """Deterministic generator of conda-like roots for benchmarking ``conda-env-exporter``.
 
-``python benchmarks/generate.py --size {small,medium,large} [--out DIR] [--seed N]`` builds, at DIR
+``python benchmarks/generate.py --size {small,medium,large,wide,huge} [--out DIR] [--seed N]`` builds, at DIR
 (default ``benchmarks/trees/<size>``), a conda root shaped like a real one:
 
 - ``pkgs/<name>-<version>-<build>/``: extracted packages (``info/index.json``, ``info/paths.json``, ...) whose
@@ -64,6 +64,8 @@ PROFILES = {
     "large": Profile(1800, 44, (175, 400), 33, 1600, 21),
     # 100 envs (with base) of a medium cache: the shape of the /metrics latency target
     "wide": Profile(700, 99, (40, 120), 21, 1000, 20),
+    # ~9.5M paths: a site's central install with 400 envs of a large cache (shared filers hold such trees)
+    "huge": Profile(2400, 399, (175, 400), 33, 1600, 21),
 }
 
 
