@@ -2,40 +2,31 @@
 
 ``make_app`` maps a ``GET`` of a path to a :class:`Response`: ``/metrics`` from the latest snapshot (the
 exposition rendered once per change of the store plus the live lines), ``/healthz``, ``/readyz`` and the
-landing page. It knows nothing of sockets, TLS or authentication (``server``, ``webguard``).
+page ``/`` (:mod:`exporter.expose.page`, also rendered once per change). It knows nothing of sockets, TLS
+or authentication (``server``, ``webguard``).
 """
 
 from __future__ import annotations
 
-import html
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from exporter import __version__
 from exporter.expose.exposition import ExpositionCache
 from exporter.expose.live_metrics import LiveExposition
+from exporter.expose.page import PageCache, starting_page
+from exporter.expose.page_assets import CONTENT_SECURITY_POLICY
 from exporter.snapshot.store import SnapshotStore
 
 __all__ = ["App", "Response", "accepts_gzip", "make_app", "plain"]
 
-LANDING_PAGE = """<!DOCTYPE html>
-<html><head><title>conda-env-exporter</title></head>
-<body>
-<h1>conda-env-exporter</h1>
-<p>Hardlink-aware disk usage of conda environments. Version {version}.</p>
-<ul>
-<li><a href="{metrics}">{metrics}</a>: metrics</li>
-<li><a href="/healthz">/healthz</a>: process and its scheduling loop alive</li>
-<li><a href="/readyz">/readyz</a>: first scan done</li>
-</ul>
-</body></html>
-"""
-
 PLAIN = "text/plain; charset=utf-8"
+HTML = "text/html; charset=utf-8"
 GZIP_HEADERS = (("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding"))
+PAGE_HEADERS = (("Content-Security-Policy", CONTENT_SECURITY_POLICY), ("Cache-Control", "no-cache"))
 
 
 @dataclass(frozen=True)
@@ -77,7 +68,16 @@ def accepts_gzip(accept_encoding: str) -> bool:
 def make_app(store: SnapshotStore, telemetry_path: str) -> App:
     """The application serving every endpoint."""
     exposition = LiveExposition(ExpositionCache(store))  # process_* and the like rendered per scrape
-    landing = LANDING_PAGE.format(version=html.escape(__version__), metrics=html.escape(telemetry_path)).encode()
+    page = PageCache(store, telemetry_path, socket.gethostname())
+    starting = starting_page()
+
+    def page_response(headers: Mapping[str, str]) -> Response:
+        if store.snapshot is None:  # never half numbers: nothing until the first scan is complete
+            return Response(HTTPStatus.SERVICE_UNAVAILABLE, HTML, starting, (*PAGE_HEADERS, ("Retry-After", "5")))
+        body = page.body()
+        if accepts_gzip(headers.get("accept-encoding", "")):
+            return Response(HTTPStatus.OK, HTML, body.gzip(), (*PAGE_HEADERS, *GZIP_HEADERS))
+        return Response(HTTPStatus.OK, HTML, body.plain, (*PAGE_HEADERS, ("Vary", "Accept-Encoding")))
 
     def app(path: str, headers: Mapping[str, str]) -> Response:
         if path == telemetry_path:
@@ -93,7 +93,7 @@ def make_app(store: SnapshotStore, telemetry_path: str) -> App:
                 return plain(HTTPStatus.OK, "ready\n")
             return plain(HTTPStatus.SERVICE_UNAVAILABLE, "first scan not finished\n")
         if path == "/":
-            return Response(HTTPStatus.OK, "text/html; charset=utf-8", landing)
+            return page_response(headers)
         return plain(HTTPStatus.NOT_FOUND, "not found\n")
 
     return app

@@ -1,4 +1,28 @@
-"""``conda-env-exporter report``: a hardlink-aware ``du`` for conda, for people (a table) and scripts (JSON).
+"""``conda-env-exporter report``: a hardlink-aware ``du`` for conda, for people (a table), scripts (JSON) and
+spreadsheets (CSV), its envs in the order ``--sort`` names (:data:`~exporter.expose.page_model.SORT_KEYS`).
+
+``report --format json`` prints one object, stable (fields are only ever added)::
+
+    {"envs": [{"root", "name", "prefix", "owner", "python_version",        # strings
+               "unique_bytes", "shared_bytes", "apparent_bytes",           # allocated bytes (apparent: st_size)
+               "reclaimable_bytes",                                        # bytes, null when not computed
+               "files", "hardlinked_files", "packages",                    # counts
+               "untracked_bytes", "copied_bytes",                          # bytes
+               "last_transaction",                                         # Unix seconds, null without history
+               "scan_errors"}, ...],                                       # count
+     "caches": [{"root", "path", "bytes", "apparent_bytes", "packages", "unreferenced_packages",
+                 "unreferenced_bytes", "tarballs", "tarball_bytes", "index_cache_bytes", "leftover_bytes"}, ...],
+     "owners": [{"root", "owner", "envs", "reclaimable_bytes"}, ...],
+     "stale":  [{"root", "envs", "reclaimable_bytes", "stale_after_seconds"}, ...],
+     "roots":  [{"path", "bytes", "apparent_bytes", "envs", "ignored_dirs",
+                 "filesystem_size_bytes", "filesystem_avail_bytes"}, ...],
+     "scan_errors": 3,                 # paths the scan could not read
+     "completed_at": 1767225600.0,     # Unix seconds: when the scan finished
+     "sort": "unique"}                 # the --sort key the envs are in
+
+The env fields are those of the page's env table (:class:`~exporter.expose.page_model.EnvRow`). Names that
+are not UTF-8 keep their bytes as ``\\udcXX`` surrogates escaped by JSON. ``--format csv`` prints the env
+list alone, one row per env under a header row of the same field names.
 
 ``report --what-if-delete ENV ...`` tells what deleting those envs and then running ``conda clean
 --packages`` would free, and which package dirs that clean would then remove.
@@ -9,28 +33,18 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from typing import Any
 
 from exporter.account.reclaim import CacheIndex, reclaimable
+from exporter.expose.page_model import DEFAULT_SORT, EnvRow, env_csv, env_rows, human_bytes, sort_rows
 from exporter.model import EnvUsage, Snapshot
 
-__all__ = ["EnvNotFoundError", "human_bytes", "match_envs", "render_report", "render_what_if", "report_json"]
-
-_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+__all__ = [
+    "EnvNotFoundError", "human_bytes", "match_envs", "render_report", "render_what_if", "report_csv", "report_json",
+]
 
 
 class EnvNotFoundError(ValueError):
     """A name or prefix given to ``--what-if-delete`` matches no env, or a name matches several."""
-
-
-def human_bytes(value: float) -> str:
-    """``1536`` -> ``1.5 KiB`` (IEC units)."""
-    size = float(value)
-    for unit in _UNITS:
-        if abs(size) < 1024 or unit == _UNITS[-1]:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 def _printable(text: str) -> str:
@@ -42,19 +56,17 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
     return ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
 
 
-def render_report(snapshot: Snapshot) -> str:
-    """Envs sorted by unique bytes (what deleting them frees at once), with what deleting each and
-    cleaning the cache frees; then package caches, owners, stale envs and root totals."""
-    reclaim = snapshot.reclaim.by_prefix
+def render_report(snapshot: Snapshot, sort: str = DEFAULT_SORT) -> str:
+    """Envs in the order of ``sort`` (by default unique bytes: what deleting them frees at once), with what
+    deleting each and cleaning the cache frees; then package caches, owners, stale envs and root totals."""
     header = ("ENV", "UNIQUE", "RECLAIMABLE", "SHARED", "APPARENT", "FILES", "HARDLINKED", "OWNER", "PREFIX")
     rows: list[tuple[str, ...]] = [header]
-    for env in sorted(snapshot.envs, key=lambda e: (-e.usage.unique_bytes, e.prefix)):
-        u = env.usage
-        share = f"{100 * u.hardlinked_files / u.files:.0f}%" if u.files else "-"
+    for env in sort_rows(env_rows(snapshot), sort):
+        share = f"{100 * env.hardlinked_files / env.files:.0f}%" if env.files else "-"
         rows.append((
-            _printable(env.name), human_bytes(u.unique_bytes), human_bytes(reclaim.get(env.prefix, 0)),
-            human_bytes(u.shared_bytes), human_bytes(u.apparent_bytes), str(u.files), share,
-            _printable(env.contents.owner), _printable(env.prefix),
+            _printable(env.name), human_bytes(env.unique_bytes), human_bytes(env.reclaimable_bytes or 0),
+            human_bytes(env.shared_bytes), human_bytes(env.apparent_bytes), str(env.files), share,
+            _printable(env.owner), _printable(env.prefix),
         ))
     lines = [*_table(rows), ""]
     for cache in snapshot.pkgs:
@@ -85,37 +97,33 @@ def render_report(snapshot: Snapshot) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _env_json(env: EnvUsage, reclaim: dict[str, int]) -> dict[str, Any]:
-    u = env.usage
-    return {
-        "root": env.root, "name": env.name, "prefix": env.prefix, "owner": env.contents.owner,
-        "unique_bytes": u.unique_bytes, "shared_bytes": u.shared_bytes, "apparent_bytes": u.apparent_bytes,
-        "reclaimable_bytes": reclaim.get(env.prefix, 0), "files": u.files, "hardlinked_files": u.hardlinked_files,
-        "packages": env.contents.packages, "untracked_bytes": env.contents.untracked_bytes,
-        "copied_bytes": env.contents.copied_bytes, "last_transaction": env.contents.last_transaction,
-        "scan_errors": len(u.errors),
-    }
-
-
-def report_json(snapshot: Snapshot) -> str:
-    """The report as one JSON object: ``envs``, ``caches``, ``owners``, ``stale``, ``roots``; bytes are
-    allocated bytes, times Unix seconds. Path names that are not UTF-8 keep their bytes as ``\\udcXX``
-    surrogates escaped by JSON."""
-    reclaim = snapshot.reclaim.by_prefix
+def report_json(snapshot: Snapshot, sort: str = DEFAULT_SORT) -> str:
+    """The report as one JSON object of the shape the module docstring gives, envs in the order of ``sort``."""
+    envs: list[EnvRow] = sort_rows(env_rows(snapshot), sort)
     document = {
-        "envs": [_env_json(e, reclaim) for e in sorted(snapshot.envs, key=lambda e: (-e.usage.unique_bytes, e.prefix))],
-        "caches": [{"root": c.root, "path": c.path, "bytes": c.bytes, "packages": c.packages,
-                    "unreferenced_packages": c.unreferenced_packages, "unreferenced_bytes": c.unreferenced_bytes,
-                    "tarballs": c.tarballs, "tarball_bytes": c.tarball_bytes} for c in snapshot.pkgs],
+        "envs": [row.as_dict() for row in envs],
+        "caches": [{"root": c.root, "path": c.path, "bytes": c.bytes, "apparent_bytes": c.apparent_bytes,
+                    "packages": c.packages, "unreferenced_packages": c.unreferenced_packages,
+                    "unreferenced_bytes": c.unreferenced_bytes, "tarballs": c.tarballs,
+                    "tarball_bytes": c.tarball_bytes, "index_cache_bytes": c.index_cache_bytes,
+                    "leftover_bytes": c.leftover_bytes} for c in snapshot.pkgs],
         "owners": [{"root": o.root, "owner": o.owner, "envs": o.envs, "reclaimable_bytes": o.bytes}
                    for o in snapshot.reclaim.owners],
         "stale": [{"root": s.root, "envs": s.envs, "reclaimable_bytes": s.bytes,
                    "stale_after_seconds": snapshot.reclaim.stale_after} for s in snapshot.reclaim.stale],
-        "roots": [{"path": r.path, "bytes": r.bytes, "apparent_bytes": r.apparent_bytes, "envs": r.envs}
-                  for r in snapshot.roots],
+        "roots": [{"path": r.path, "bytes": r.bytes, "apparent_bytes": r.apparent_bytes, "envs": r.envs,
+                   "ignored_dirs": r.ignored_dirs, "filesystem_size_bytes": r.filesystem_size_bytes,
+                   "filesystem_avail_bytes": r.filesystem_avail_bytes} for r in snapshot.roots],
         "scan_errors": len(snapshot.errors),
+        "completed_at": snapshot.completed_at,
+        "sort": sort,
     }
     return json.dumps(document, indent=2) + "\n"
+
+
+def report_csv(snapshot: Snapshot, sort: str = DEFAULT_SORT) -> str:
+    """The env list as CSV: a header row of the JSON env field names, then one row per env."""
+    return env_csv(sort_rows(env_rows(snapshot), sort))
 
 
 def match_envs(snapshot: Snapshot, given: Sequence[str]) -> list[EnvUsage]:
