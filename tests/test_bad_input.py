@@ -201,7 +201,10 @@ def test_directory_vanishing_before_open_is_counted(
     removed: list[Path] = []
 
     def open_after_removal(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-        if os.fspath(path) == str(doomed) and not removed:
+        # the walker opens a directory by name from its parent's fd (dir_fd)
+        parent = kwargs.get("dir_fd")
+        opened = os.path.join(os.readlink(f"/proc/self/fd/{parent}"), path) if parent is not None else os.fspath(path)
+        if opened == str(doomed) and not removed:
             removed.append(doomed)
             monkeypatch.undo()  # shutil.rmtree opens directories too
             shutil.rmtree(doomed)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import ast
 import os
 import shutil
+import tempfile
 from array import array
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from exporter.scan.walk import Ownership, TreeWalk, walk_tree
 
 # Fields the hand-made tree leaves empty: it has no mount point to skip.
 MAY_BE_EMPTY = {"skipped_mounts"}
+NOBODY = 65534
 
 
 @pytest.fixture(autouse=True)
@@ -66,8 +70,8 @@ def assert_same(native: TreeWalk, python: TreeWalk) -> None:
 
 
 def _long_path_dir(parent: Path) -> None:
-    """Nested directories whose absolute path passes PATH_MAX: opening the deep ones by path fails
-    (ENAMETOOLONG) in both walkers, which is how a root test gets a walk error without permissions."""
+    """Nested directories whose absolute path passes PATH_MAX, with a file at the bottom: both walkers
+    reach it from its parent's fd (test_walker_escape.py checks the numbers against du)."""
     fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for _ in range(24):
@@ -110,6 +114,8 @@ def build_tree(base: Path) -> tuple[Path, frozenset[str], Ownership]:
     os.link(env / "twice-a", env / "twice-b")
     (env / "excluded" / "big").write_bytes(b"e" * 50_000)
     _long_path_dir(env)
+    (env / "locked" / "inside").mkdir(parents=True)  # a walk error: EACCES (see as_unprivileged)
+    (env / "locked").chmod(0)
     owned = Ownership(
         files=[
             ["lib/linked.so", "lib/copied.txt", "share/reloc.txt", non_ascii, "lib/not-regular.txt",
@@ -135,10 +141,37 @@ def test_walk_result_fields_are_the_stubs_and_named_as_tree_walks() -> None:
     assert set(runtime) <= {f.name for f in fields(TreeWalk)}
 
 
+@contextmanager
+def as_unprivileged() -> Iterator[None]:
+    """Root reads everything: to meet a real EACCES the walks run with the effective uid and gid of nobody
+    (the saved uid stays 0, so root comes back after)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(NOBODY)
+    os.seteuid(NOBODY)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+@pytest.fixture
+def open_base() -> Iterator[Path]:
+    """A fresh directory that nobody (uid 65534) may enter, unlike tmp_path (under a 0700 dir of root's)."""
+    base = Path(tempfile.mkdtemp(prefix="walker-fields-"))
+    base.chmod(0o755)
+    yield base
+    (base / "env" / "locked").chmod(0o755)
+    shutil.rmtree(base)
+
+
 @pytest.mark.parametrize("with_ownership", [False, True], ids=["plain", "ownership"])
-def test_walkers_agree_on_hand_made_env(with_ownership: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    env, exclude, owned = build_tree(tmp_path)
-    native, python = both_walks(monkeypatch, str(env), exclude, owned if with_ownership else None)
+def test_walkers_agree_on_hand_made_env(with_ownership: bool, open_base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env, exclude, owned = build_tree(open_base)
+    with as_unprivileged():
+        native, python = both_walks(monkeypatch, str(env), exclude, owned if with_ownership else None)
     assert_same(native, python)
     # not vacuous: every field the walk fills has something in it
     view = comparable(native)
@@ -147,9 +180,9 @@ def test_walkers_agree_on_hand_made_env(with_ownership: bool, tmp_path: Path, mo
         empty -= {"untracked_files", "untracked_blocks", "package_blocks", "cached_single_blocks",
                   "uncached_single_blocks"}
     assert empty <= MAY_BE_EMPTY
-    assert [e.kind for e in native.errors] == ["io"]  # the path past PATH_MAX
+    assert [(e.kind, e.path) for e in native.errors] == [("permission", str(env / "locked"))]
     if with_ownership:
-        assert native.untracked_files == 4  # untracked.txt, bin/python, twice-a, twice-b
+        assert native.untracked_files == 5  # untracked.txt, bin/python, twice-a, twice-b, the leaf past PATH_MAX
         assert all(native.package_blocks) and native.cached_single_blocks[0] and native.uncached_single_blocks[1]
         assert native.uncached_single_blocks[0]  # uncached.txt, not-regular.txt
 

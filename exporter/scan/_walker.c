@@ -9,13 +9,21 @@
  * is what GNU du does, instead of building a Python DirEntry and stat_result (plus one more per
  * single-link file a package installed, to look for it in the package's cache entry).
  *
- * walk(top: bytes, dev: int, exclude: iterable[str], cross: bool,
+ * Like du (fts), it walks relative to open directories: every entry is fstatat()ed from its directory's
+ * fd and every subdirectory opened with openat(parent fd, name, O_NOFOLLOW), then checked to be the
+ * (device, inode) its listing showed. So an env owner who swaps a directory for a symlink during a scan
+ * cannot lead the walk out of the tree (a path is only ever resolved from an fd the walk holds, one
+ * component at a time), and paths longer than PATH_MAX are counted as du counts them.
+ *
+ * walk(top: bytes, dev: int, ino: int, exclude: iterable[str], cross: bool,
  *      files: sequence[sequence[str]] | None, relocated: sequence[iterable[str]],
  *      cache_entries: sequence[str | None]) -> WalkResult
- * walks the entries below `top` (the caller has counted `top` itself) and returns a WalkResult, a
+ * walks the entries below `top` (the caller has counted `top` itself, and lstat()ed it as (dev, ino):
+ * the directory opened must be that one) and returns a WalkResult, a
  * struct sequence (like os.stat_result) read by field name; walk_result_fields below documents each
  * field, and the counters are named as exporter.scan.walk.TreeWalk's. ino/nlink/blocks are
- * native-endian uint64 bytes, errors a list of (errno, path: str), package_blocks,
+ * native-endian uint64 bytes, errors a list of (errno, path: str) (errno REPLACED, 0: a directory
+ * swapped for another between its listing and its opening), package_blocks,
  * cached_single_blocks and uncached_single_blocks lists of st_blocks per package index (empty with
  * files None). The package arguments are exporter.scan.walk.Ownership's fields; with files None the
  * walk does no per-path string work.
@@ -175,11 +183,40 @@ static int u64set_add(u64set *s, uint64_t key) {
     }
 }
 
+/* A directory found in a listing and not yet walked: its name in the listed directory, and the device
+ * and inode fstatat() saw there, which the directory opened by that name must have. */
+typedef struct {
+    char *name;
+    uint64_t dev, ino;
+} subdir;
+
+/* One directory on the walk's stack. The stack is a chain: each frame is a directory of the one below it.
+ * A frame keeps its fd while it has subdirectories left to open from it; the fd is closed when it has
+ * none left, or early to bound the fds held (then reopened from the nearest open ancestor, by name). */
+typedef struct {
+    int fd;            /* -1 when closed */
+    char *name;        /* its name in the frame below; NULL for top */
+    uint64_t dev, ino; /* of the opened directory */
+    size_t path_len;   /* its path is w->path[0:path_len], for error messages and the exclude set only */
+    subdir *pending;
+    size_t npending, pending_cap;
+} frame;
+
+/* Directory fds a walk holds open at most. Depth-first, a walk needs one per level that still has
+ * subdirectories to open; past this many the shallowest are closed and reopened by name when needed
+ * (checked against the device and inode seen first), so a tree of any depth walks within the usual
+ * RLIMIT_NOFILE of 1024 alongside the process's other fds. */
+#define MAX_OPEN_DIRS 256
+
+/* The errno-less error: a directory opened by name is not the one its listing showed (it was swapped
+ * for another between the two); exporter.scan.walk reports it as kind "vanished". */
+#define REPLACED 0
+
 typedef struct {
     /* inputs */
     const char *top;
     size_t top_len;
-    uint64_t dev;
+    uint64_t dev, ino;
     int cross;
     strmap exclude;
     strmap owned;
@@ -191,9 +228,14 @@ typedef struct {
     /* counters */
     long long dirs, files, hardlinked, apparent, private_blocks, skipped_mounts;
     long long untracked_files, untracked_blocks;
-    u64vec ino, nlink, blocks;
+    u64vec ino_col, nlink, blocks;
     u64set untracked_inodes;
     itemvec errors;
+    /* the stack */
+    frame *frames;
+    size_t depth, frames_cap, open_fds;
+    char *path; /* the path of the deepest frame (or of the entry being looked at) */
+    size_t path_cap;
     char *cache_path; /* scratch buffer for entry/rel */
     size_t cache_path_cap;
     int out_of_memory;
@@ -204,7 +246,9 @@ static int is_metadata_dir(const char *rel, size_t len) {
     return len >= n && memcmp(rel, METADATA_DIR, n) == 0 && (len == n || rel[n] == '/');
 }
 
-/* Is `rel` a regular file in cache entry `entry`? -1 when out of memory. */
+/* Is `rel` a regular file in cache entry `entry`? -1 when out of memory. `entry` is a package dir of a
+ * known package cache (exporter.account.contents accepts no other), so the path leads nowhere an env
+ * owner chose. */
 static int in_cache(walk_state *w, const char *entry, size_t entry_len, const char *rel, size_t rel_len) {
     size_t need = entry_len + 1 + rel_len + 1;
     if (need > w->cache_path_cap) {
@@ -220,135 +264,237 @@ static int in_cache(walk_state *w, const char *entry, size_t entry_len, const ch
     return fstatat(AT_FDCWD, w->cache_path, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
 }
 
-/* Walk every directory on the stack until it is empty. Runs without the GIL. */
-static void walk_all(walk_state *w) {
-    char **stack = NULL;
-    size_t depth = 0, cap = 0;
-    char *child = NULL;
-    size_t child_cap = 0;
-    char *top = strdup(w->top);
-    if (!top) goto oom;
-#define PUSH(p)                                                   \
-    do {                                                          \
-        if (depth == cap) {                                       \
-            size_t c = cap ? cap * 2 : 256;                       \
-            char **s = realloc(stack, c * sizeof(char *));        \
-            if (!s) { free(p); goto oom; }                        \
-            stack = s;                                            \
-            cap = c;                                              \
-        }                                                         \
-        stack[depth++] = (p);                                     \
-    } while (0)
-    PUSH(top);
-    while (depth) {
-        char *dir = stack[--depth];
-        size_t dir_len = strlen(dir);
-        int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (fd < 0) {
-            if (itemvec_push(&w->errors, dir, dir_len, (uint64_t)errno) < 0) { free(dir); goto oom; }
-            free(dir);
-            continue;
-        }
-        DIR *d = fdopendir(fd);
-        if (!d) {
-            int err = errno;
-            close(fd);
-            if (itemvec_push(&w->errors, dir, dir_len, (uint64_t)err) < 0) { free(dir); goto oom; }
-            free(dir);
-            continue;
-        }
-        /* reldir: the directory relative to top ("" for top itself) */
-        const char *reldir = dir_len > w->top_len ? dir + w->top_len + 1 : "";
-        size_t reldir_len = dir_len > w->top_len ? dir_len - w->top_len - 1 : 0;
-        int check_owner = w->has_owned && !is_metadata_dir(reldir, reldir_len);
-        for (;;) {
-            errno = 0;
-            struct dirent *e = readdir(d);
-            if (!e) {
-                if (errno && itemvec_push(&w->errors, dir, dir_len, (uint64_t)errno) < 0) { closedir(d); free(dir); goto oom; }
-                break;
-            }
-            const char *name = e->d_name;
-            if (name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'))) continue;
-            size_t name_len = strlen(name);
-            size_t path_len = dir_len + 1 + name_len;
-            if (path_len + 1 > child_cap) {
-                size_t c = (path_len + 1) * 2;
-                char *b = realloc(child, c);
-                if (!b) { closedir(d); free(dir); goto oom; }
-                child = b;
-                child_cap = c;
-            }
-            memcpy(child, dir, dir_len);
-            child[dir_len] = '/';
-            memcpy(child + dir_len + 1, name, name_len + 1);
-            struct stat st;
-            if (fstatat(dirfd(d), name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
-                if (itemvec_push(&w->errors, child, path_len, (uint64_t)errno) < 0) { closedir(d); free(dir); goto oom; }
-                continue;
-            }
-            if (S_ISDIR(st.st_mode)) {
-                if (strmap_get(&w->exclude, child, path_len)) continue;
-                if ((uint64_t)st.st_dev != w->dev && !w->cross) {
-                    w->skipped_mounts++;
-                    continue;
-                }
-                w->dirs++;
-                w->apparent += st.st_size;
-                w->private_blocks += st.st_blocks;
-                char *sub = strdup(child);
-                if (!sub) { closedir(d); free(dir); goto oom; }
-                PUSH(sub);
-                continue;
-            }
-            w->files++;
-            w->apparent += st.st_size;
-            uint64_t nlink = (uint64_t)st.st_nlink;
-            if (check_owner) {
-                const char *rel = child + w->top_len + 1;
-                size_t rel_len = path_len - w->top_len - 1;
-                const slot *owner = strmap_get(&w->owned, rel, rel_len);
-                Py_ssize_t index = owner ? (Py_ssize_t)owner->value : -1;
-                if (!owner || index < 0 || index >= w->packages) {
-                    w->untracked_files++;
-                    int added = 1;
-                    if (nlink > 1) added = u64set_add(&w->untracked_inodes, (uint64_t)st.st_ino);
-                    if (added < 0) { closedir(d); free(dir); goto oom; }
-                    if (added) w->untracked_blocks += st.st_blocks;
-                } else {
-                    w->package_blocks[index] += st.st_blocks;
-                    /* a single-link file a package installed: a copy if the cache holds it too */
-                    if (nlink == 1 && S_ISREG(st.st_mode) && !owner->relocated) {
-                        int cached = w->entries[index]
-                                         ? in_cache(w, w->entries[index], w->entry_lens[index], rel, rel_len)
-                                         : 0;
-                        if (cached < 0) { closedir(d); free(dir); goto oom; }
-                        if (cached) w->cached_single[index] += st.st_blocks;
-                        else w->uncached_single[index] += st.st_blocks;
-                    }
-                }
-            }
-            if (nlink == 1) {
-                w->private_blocks += st.st_blocks;
-            } else {
-                w->hardlinked++;
-                if (u64vec_push(&w->ino, (uint64_t)st.st_ino) < 0 || u64vec_push(&w->nlink, nlink) < 0 ||
-                    u64vec_push(&w->blocks, (uint64_t)st.st_blocks) < 0) {
-                    closedir(d); free(dir); goto oom;
-                }
-            }
-        }
-        closedir(d);
-        free(dir);
+/* Make w->path the path `len` bytes long already there, then "/" and `name`; its new length, or 0 when
+ * out of memory. */
+static size_t path_append(walk_state *w, size_t len, const char *name) {
+    size_t name_len = strlen(name), need = len + 1 + name_len + 1;
+    if (need > w->path_cap) {
+        char *b = realloc(w->path, need * 2);
+        if (!b) return 0;
+        w->path = b;
+        w->path_cap = need * 2;
     }
-    goto done;
+    w->path[len] = '/';
+    memcpy(w->path + len + 1, name, name_len + 1);
+    return len + 1 + name_len;
+}
+
+static int error_at(walk_state *w, size_t path_len, uint64_t number) {
+    return itemvec_push(&w->errors, w->path, path_len, number);
+}
+
+/* Count one non-directory (of w->path[0:path_len], whose directory is not under conda-meta/ when
+ * check_owner). -1 when out of memory. */
+static int count_file(walk_state *w, const struct stat *st, size_t path_len, int check_owner) {
+    w->files++;
+    w->apparent += st->st_size;
+    uint64_t nlink = (uint64_t)st->st_nlink;
+    if (check_owner) {
+        const char *rel = w->path + w->top_len + 1;
+        size_t rel_len = path_len - w->top_len - 1;
+        const slot *owner = strmap_get(&w->owned, rel, rel_len);
+        Py_ssize_t index = owner ? (Py_ssize_t)owner->value : -1;
+        if (!owner || index < 0 || index >= w->packages) {
+            w->untracked_files++;
+            int added = 1;
+            if (nlink > 1) added = u64set_add(&w->untracked_inodes, (uint64_t)st->st_ino);
+            if (added < 0) return -1;
+            if (added) w->untracked_blocks += st->st_blocks;
+        } else {
+            w->package_blocks[index] += st->st_blocks;
+            /* a single-link file a package installed: a copy if the cache holds it too */
+            if (nlink == 1 && S_ISREG(st->st_mode) && !owner->relocated) {
+                int cached = w->entries[index] ? in_cache(w, w->entries[index], w->entry_lens[index], rel, rel_len) : 0;
+                if (cached < 0) return -1;
+                if (cached) w->cached_single[index] += st->st_blocks;
+                else w->uncached_single[index] += st->st_blocks;
+            }
+        }
+    }
+    if (nlink == 1) {
+        w->private_blocks += st->st_blocks;
+        return 0;
+    }
+    w->hardlinked++;
+    if (u64vec_push(&w->ino_col, (uint64_t)st->st_ino) < 0 || u64vec_push(&w->nlink, nlink) < 0 ||
+        u64vec_push(&w->blocks, (uint64_t)st->st_blocks) < 0)
+        return -1;
+    return 0;
+}
+
+static int push_pending(frame *f, const char *name, const struct stat *st) {
+    if (f->npending == f->pending_cap) {
+        size_t cap = f->pending_cap ? f->pending_cap * 2 : 8;
+        subdir *p = realloc(f->pending, cap * sizeof(subdir));
+        if (!p) return -1;
+        f->pending = p;
+        f->pending_cap = cap;
+    }
+    char *copy = strdup(name);
+    if (!copy) return -1;
+    f->pending[f->npending++] = (subdir){copy, (uint64_t)st->st_dev, (uint64_t)st->st_ino};
+    return 0;
+}
+
+/* List the top frame's directory: count every entry, fstatat()ed from the directory's fd (the one place
+ * a path's metadata is read), and keep its subdirectories to walk. -1 when out of memory. */
+static int list_dir(walk_state *w) {
+    frame *f = &w->frames[w->depth - 1];
+    size_t dir_len = f->path_len;
+    int copy = dup(f->fd);
+    DIR *d = copy < 0 ? NULL : fdopendir(copy);
+    if (!d) {
+        int err = errno;
+        if (copy >= 0) close(copy);
+        return error_at(w, dir_len, (uint64_t)err);
+    }
+    /* reldir: the directory relative to top ("" for top itself) */
+    const char *reldir = dir_len > w->top_len ? w->path + w->top_len + 1 : "";
+    size_t reldir_len = dir_len > w->top_len ? dir_len - w->top_len - 1 : 0;
+    int check_owner = w->has_owned && !is_metadata_dir(reldir, reldir_len);
+    int rc = 0;
+    for (;;) {
+        errno = 0;
+        struct dirent *e = readdir(d);
+        if (!e) {
+            if (errno) rc = error_at(w, dir_len, (uint64_t)errno);
+            break;
+        }
+        const char *name = e->d_name;
+        if (name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'))) continue;
+        size_t path_len = path_append(w, dir_len, name);
+        if (!path_len) { rc = -1; break; }
+        struct stat st;
+        if (fstatat(f->fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+            if ((rc = error_at(w, path_len, (uint64_t)errno)) < 0) break;
+            continue;
+        }
+        if (!S_ISDIR(st.st_mode)) {
+            if ((rc = count_file(w, &st, path_len, check_owner)) < 0) break;
+            continue;
+        }
+        if (strmap_get(&w->exclude, w->path, path_len)) continue;
+        if ((uint64_t)st.st_dev != w->dev && !w->cross) {
+            w->skipped_mounts++;
+            continue;
+        }
+        w->dirs++;
+        w->apparent += st.st_size;
+        w->private_blocks += st.st_blocks;
+        if ((rc = push_pending(f, name, &st)) < 0) break;
+    }
+    closedir(d);
+    w->path[dir_len] = '\0';
+    return rc;
+}
+
+static void close_frame_fd(walk_state *w, frame *f) {
+    if (f->fd < 0) return;
+    close(f->fd);
+    f->fd = -1;
+    w->open_fds--;
+}
+
+/* Open `name` in the directory `parent_fd` without following a symlink, and check it is the directory
+ * (dev, ino) that was seen before. The fd, or -1 with the error recorded at w->path[0:path_len] (-2 when
+ * out of memory). */
+static int open_dir_at(walk_state *w, int parent_fd, const char *name, uint64_t dev, uint64_t ino, size_t path_len) {
+    int fd = parent_fd == AT_FDCWD ? open(w->top, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                                   : openat(parent_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    uint64_t number;
+    if (fd >= 0) {
+        struct stat st;
+        if (fstat(fd, &st) == 0 && (uint64_t)st.st_dev == dev && (uint64_t)st.st_ino == ino) return fd;
+        number = REPLACED;
+        close(fd);
+    } else {
+        number = (uint64_t)errno;
+    }
+    return error_at(w, path_len, number) < 0 ? -2 : -1;
+}
+
+/* The fd of frame i, reopened by name from the nearest open frame below it when it was closed. -1 when
+ * it cannot be (the error is recorded), -2 when out of memory. */
+static int frame_fd(walk_state *w, size_t i) {
+    frame *frames = w->frames;
+    if (frames[i].fd >= 0) return frames[i].fd;
+    size_t j = i;
+    while (j > 0 && frames[j - 1].fd < 0) j--;
+    /* frames j..i are closed; j - 1 is open, or j is top (reopened by path) */
+    int fd = j > 0 ? frames[j - 1].fd : AT_FDCWD;
+    for (size_t k = j; k <= i; k++) {
+        int next = open_dir_at(w, fd, frames[k].name, frames[k].dev, frames[k].ino, frames[k].path_len);
+        if (k > j) close(fd); /* a stepping stone, not kept */
+        if (next < 0) return next;
+        fd = next;
+    }
+    frames[i].fd = fd;
+    w->open_fds++;
+    return fd;
+}
+
+/* Push a frame for the directory just opened as fd, closing the shallowest open fds past MAX_OPEN_DIRS.
+ * -1 when out of memory. */
+static int push_frame(walk_state *w, int fd, char *name, uint64_t dev, uint64_t ino, size_t path_len) {
+    if (w->depth == w->frames_cap) {
+        size_t cap = w->frames_cap ? w->frames_cap * 2 : 64;
+        frame *frames = realloc(w->frames, cap * sizeof(frame));
+        if (!frames) {
+            close(fd);
+            free(name);
+            return -1;
+        }
+        w->frames = frames;
+        w->frames_cap = cap;
+    }
+    w->frames[w->depth++] = (frame){fd, name, dev, ino, path_len, NULL, 0, 0};
+    w->open_fds++;
+    for (size_t i = 0; w->open_fds > MAX_OPEN_DIRS && i + 1 < w->depth; i++) close_frame_fd(w, &w->frames[i]);
+    return 0;
+}
+
+static void pop_frame(walk_state *w) {
+    frame *f = &w->frames[--w->depth];
+    close_frame_fd(w, f);
+    for (size_t i = 0; i < f->npending; i++) free(f->pending[i].name);
+    free(f->pending);
+    free(f->name);
+}
+
+/* Walk top depth-first, every directory opened from its parent's fd by name (never by a path an env
+ * owner could redirect with a symlink in the middle, nor one longer than PATH_MAX). Runs without the GIL. */
+static void walk_all(walk_state *w) {
+    w->path = malloc(w->top_len + 1);
+    if (!w->path) goto oom;
+    memcpy(w->path, w->top, w->top_len + 1);
+    w->path_cap = w->top_len + 1;
+    int fd = open_dir_at(w, AT_FDCWD, NULL, w->dev, w->ino, w->top_len);
+    if (fd == -2 || (fd >= 0 && (push_frame(w, fd, NULL, w->dev, w->ino, w->top_len) < 0 || list_dir(w) < 0))) goto oom;
+    while (w->depth) {
+        frame *f = &w->frames[w->depth - 1];
+        if (!f->npending) {
+            pop_frame(w);
+            continue;
+        }
+        int parent = frame_fd(w, w->depth - 1);
+        if (parent == -2) goto oom;
+        if (parent < 0) { /* the error is recorded; what is below cannot be reached safely */
+            pop_frame(w);
+            continue;
+        }
+        subdir sub = f->pending[--f->npending];
+        size_t path_len = path_append(w, f->path_len, sub.name);
+        if (!path_len) { free(sub.name); goto oom; }
+        fd = open_dir_at(w, parent, sub.name, sub.dev, sub.ino, path_len);
+        /* after its last subdirectory a frame needs no fd: only a reopen of a frame above would use it */
+        if (!f->npending) close_frame_fd(w, f);
+        if (fd == -2) { free(sub.name); goto oom; }
+        if (fd < 0) { free(sub.name); continue; }
+        if (push_frame(w, fd, sub.name, sub.dev, sub.ino, path_len) < 0 || list_dir(w) < 0) goto oom;
+    }
+    return;
 oom:
     w->out_of_memory = 1;
-done:
-    while (depth) free(stack[--depth]);
-    free(stack);
-    free(child);
-#undef PUSH
 }
 
 /* Add one str key to `map`. Its bytes are the filesystem encoding of the str (surrogateescape), as
@@ -547,7 +693,7 @@ static PyObject *walk_result(const walk_state *w) {
         set_field(result, F_SKIPPED_MOUNTS, PyLong_FromLongLong(w->skipped_mounts)) < 0 ||
         set_field(result, F_UNTRACKED_FILES, PyLong_FromLongLong(w->untracked_files)) < 0 ||
         set_field(result, F_UNTRACKED_BLOCKS, PyLong_FromLongLong(w->untracked_blocks)) < 0 ||
-        set_field(result, F_INO, vec_bytes(&w->ino)) < 0 ||
+        set_field(result, F_INO, vec_bytes(&w->ino_col)) < 0 ||
         set_field(result, F_NLINK, vec_bytes(&w->nlink)) < 0 ||
         set_field(result, F_BLOCKS, vec_bytes(&w->blocks)) < 0 ||
         set_field(result, F_ERRORS, items_list(&w->errors)) < 0 ||
@@ -563,16 +709,17 @@ static PyObject *walk_result(const walk_state *w) {
 static PyObject *walker_walk(PyObject *Py_UNUSED(self), PyObject *args) {
     const char *top;
     Py_ssize_t top_len;
-    unsigned long long dev;
+    unsigned long long dev, ino;
     int cross;
     PyObject *exclude, *files, *relocated, *entries;
-    if (!PyArg_ParseTuple(args, "y#KOpOOO", &top, &top_len, &dev, &exclude, &cross, &files, &relocated, &entries))
+    if (!PyArg_ParseTuple(args, "y#KKOpOOO", &top, &top_len, &dev, &ino, &exclude, &cross, &files, &relocated, &entries))
         return NULL;
     walk_state w;
     memset(&w, 0, sizeof w);
     w.top = top;
     w.top_len = (size_t)top_len;
     w.dev = dev;
+    w.ino = ino;
     w.cross = cross;
     w.has_owned = files != Py_None;
     PyObject *result = NULL, *holder = PyList_New(0);
@@ -597,7 +744,10 @@ out:
     free(w.entries);
     free(w.entry_lens);
     free(w.cache_path);
-    free(w.ino.data);
+    while (w.depth) pop_frame(&w);
+    free(w.frames);
+    free(w.path);
+    free(w.ino_col.data);
     free(w.nlink.data);
     free(w.blocks.data);
     free(w.untracked_inodes.keys);
@@ -619,6 +769,9 @@ static struct PyModuleDef walker_module = {
 PyMODINIT_FUNC PyInit__walker(void) {
     if (!walk_result_type && !(walk_result_type = PyStructSequence_NewType(&walk_result_desc))) return NULL;
     PyObject *module = PyModule_Create(&walker_module);
-    if (module && PyModule_AddObjectRef(module, "WalkResult", (PyObject *)walk_result_type) < 0) Py_CLEAR(module);
+    if (module && (PyModule_AddObjectRef(module, "WalkResult", (PyObject *)walk_result_type) < 0 ||
+                   PyModule_AddIntConstant(module, "REPLACED", REPLACED) < 0 ||
+                   PyModule_AddIntConstant(module, "MAX_OPEN_DIRS", MAX_OPEN_DIRS) < 0))
+        Py_CLEAR(module);
     return module;
 }

@@ -41,9 +41,15 @@ class WalkResult:
     @property
     def uncached_single_blocks(self) -> list[int]: ...
 
+REPLACED: int
+"""The errno of an error meaning: a directory was swapped for another between its listing and its opening."""
+MAX_OPEN_DIRS: int
+"""Directory fds one walk holds open at most."""
+
 def walk(
     top: bytes,
     dev: int,
+    ino: int,
     exclude: Iterable[str],
     cross: bool,
     files: Sequence[Sequence[str]] | None,

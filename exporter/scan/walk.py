@@ -9,8 +9,8 @@ Per path it keeps only counters, except for non-directories with ``st_nlink > 1`
 because whether such an inode is private to the tree is only known once the whole tree is walked.
 
 The per-path loop exists twice with one contract: in C (``exporter/scan/_walker.c``, one ``fstatat`` per
-path with the GIL released, about three times faster) and in Python below, used when the extension
-was not built (no C compiler at install time). ``WALKER`` names the one in use; the tests check both
+path with the GIL released, about three times faster) and in Python (:mod:`exporter.scan.pywalk`), used
+when the extension was not built (no C compiler at install time). ``WALKER`` names the one in use; the tests check both
 against ``find``/``du``.
 """
 
@@ -23,9 +23,11 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from exporter.model import METADATA_DIR, WalkError
+from exporter.model import WalkError
 
-__all__ = ["WALKER", "Ownership", "TreeWalk", "errno_kind", "error_kind", "walk_tree"]
+__all__ = [
+    "MAX_OPEN_DIRS", "REPLACED_MESSAGE", "WALKER", "Ownership", "TreeWalk", "errno_kind", "error_kind", "walk_tree",
+]
 
 try:
     from exporter.scan import _walker as _native
@@ -34,7 +36,12 @@ except ImportError:  # built without a C compiler: the Python loop does the same
 
 WALKER = "native" if _native is not None else "python"
 
-_OPEN_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+MAX_OPEN_DIRS = 256
+"""Directory fds one walk holds open at most (both walkers): depth-first, a walk needs one per level that
+still has subdirectories to open; past this many the shallowest are closed and reopened by name when
+needed, so a tree of any depth walks within the usual RLIMIT_NOFILE of 1024."""
+REPLACED_MESSAGE = "replaced by another directory between its listing and its opening; not entered"
 
 
 def errno_kind(code: int | None) -> str:
@@ -127,6 +134,12 @@ def walk_tree(
     ``cross_filesystems``; then the hardlink identity would need ``st_dev`` too, so rows of other
     devices are kept apart by the caller, which only enables it for trees it knows are single-device.
 
+    Every path below ``top`` is read relative to its directory's open fd, and every directory is opened
+    by name from its parent's fd without following a symlink and checked to be the (device, inode) its
+    listing showed; one swapped meanwhile is a ``vanished`` error and is not entered. So no symlink an
+    env owner swaps in during the walk leads it out of ``top``, and paths longer than ``PATH_MAX`` are
+    walked like any other (as ``du`` does). At most :data:`MAX_OPEN_DIRS` directory fds are held.
+
     With ``ownership``, non-directories that no package installed, outside ``conda-meta/``, are
     counted as *untracked* (each inode once); ``package_blocks[i]`` adds up the blocks of package
     ``i``'s paths; and its regular files with a single link that are not relocated add their blocks to
@@ -148,18 +161,22 @@ def walk_tree(
     result.apparent_bytes = top_stat.st_size
     result.private_blocks = top_stat.st_blocks
     if _native is not None:
-        _walk_native(result, exclude, cross_filesystems, ownership)
+        _walk_native(result, top_stat.st_ino, exclude, cross_filesystems, ownership)
     else:
-        _walk_python(result, exclude, cross_filesystems, ownership)
+        from exporter.scan.pywalk import PythonWalk  # only where the extension is missing (or a test says so)
+
+        PythonWalk(result, exclude, cross_filesystems, ownership).run(top_stat.st_ino)
     return result
 
 
-def _walk_native(result: TreeWalk, exclude: frozenset[str], cross: bool, ownership: Ownership | None) -> None:
+def _walk_native(
+    result: TreeWalk, ino: int, exclude: frozenset[str], cross: bool, ownership: Ownership | None
+) -> None:
     assert _native is not None
     files, relocated, entries = (
         (ownership.files, ownership.relocated, ownership.cache_entries) if ownership else (None, (), ())
     )
-    walked = _native.walk(os.fsencode(result.path), result.dev, exclude, cross, files, relocated, entries)
+    walked = _native.walk(os.fsencode(result.path), result.dev, ino, exclude, cross, files, relocated, entries)
     result.dirs += walked.dirs
     result.files += walked.files
     result.hardlinked_files += walked.hardlinked_files
@@ -171,128 +188,12 @@ def _walk_native(result: TreeWalk, exclude: frozenset[str], cross: bool, ownersh
     result.ino.frombytes(walked.ino)
     result.nlink.frombytes(walked.nlink)
     result.blocks.frombytes(walked.blocks)
-    result.errors.extend(WalkError(errno_kind(code), path, os.strerror(code)) for code, path in walked.errors)
+    result.errors.extend(
+        WalkError("vanished", path, REPLACED_MESSAGE)
+        if code == _native.REPLACED
+        else WalkError(errno_kind(code), path, os.strerror(code))
+        for code, path in walked.errors
+    )
     result.package_blocks = walked.package_blocks
     result.cached_single_blocks = walked.cached_single_blocks
     result.uncached_single_blocks = walked.uncached_single_blocks
-
-
-def _in_cache(entry: str | None, rel: str) -> bool:
-    """Is ``rel`` a regular file in cache entry ``entry``?"""
-    if entry is None:
-        return False
-    try:
-        return stat.S_ISREG(os.lstat(f"{entry}/{rel}").st_mode)
-    except OSError:
-        return False
-
-
-def _walk_python(
-    result: TreeWalk, exclude: frozenset[str], cross_filesystems: bool, ownership: Ownership | None
-) -> None:
-    """The per-path loop without the extension: the same contract as ``_walker.walk``."""
-    top = result.path
-    dev = result.dev
-    dirs = files = hardlinked = apparent = private_blocks = 0
-    skipped_mounts = 0
-    errors = result.errors
-    ino_append = result.ino.append
-    nlink_append = result.nlink.append
-    blocks_append = result.blocks.append
-    pending = [top]
-    pop = pending.pop
-    push = pending.append
-    top_len = len(top) + 1
-    untracked_files = untracked_blocks = 0
-    untracked_inodes: set[int] = set()
-    owned: dict[str, int] | None = None
-    packages = len(ownership.files) if ownership else 0
-    if ownership is not None:
-        owned = {path: index for index, paths in enumerate(ownership.files) for path in paths}
-    owned_get = (owned if owned is not None else {}).get
-    package_blocks = result.package_blocks = [0] * packages
-    cached_single = result.cached_single_blocks = [0] * packages
-    uncached_single = result.uncached_single_blocks = [0] * packages
-
-    while pending:
-        directory = pop()
-        try:
-            fd = os.open(directory, _OPEN_DIR_FLAGS)
-        except OSError as exc:
-            errors.append(WalkError(error_kind(exc), directory, exc.strerror or str(exc)))
-            continue
-        if owned is not None:
-            reldir = directory[top_len:]
-            relprefix = reldir + "/" if reldir else ""
-            check_owner = not (reldir == METADATA_DIR or reldir.startswith(METADATA_DIR + "/"))
-        else:
-            relprefix = ""
-            check_owner = False
-        try:
-            with os.scandir(fd) as entries:
-                for entry in entries:
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError as exc:
-                        errors.append(
-                            WalkError(error_kind(exc), f"{directory}/{entry.name}", exc.strerror or str(exc))
-                        )
-                        continue
-                    if entry.is_dir(follow_symlinks=False):
-                        path = f"{directory}/{entry.name}"
-                        if path in exclude:
-                            continue
-                        if st.st_dev != dev and not cross_filesystems:
-                            skipped_mounts += 1
-                            continue
-                        dirs += 1
-                        apparent += st.st_size
-                        private_blocks += st.st_blocks
-                        push(path)
-                        continue
-                    files += 1
-                    apparent += st.st_size
-                    nlink = st.st_nlink
-                    if check_owner:
-                        rel = relprefix + entry.name
-                        package = owned_get(rel)
-                        if package is None:
-                            if nlink == 1 or st.st_ino not in untracked_inodes:
-                                untracked_files += 1
-                                untracked_blocks += st.st_blocks
-                                if nlink > 1:
-                                    untracked_inodes.add(st.st_ino)
-                            else:
-                                untracked_files += 1
-                        else:
-                            package_blocks[package] += st.st_blocks
-                            if (
-                                nlink == 1
-                                and ownership is not None
-                                and stat.S_ISREG(st.st_mode)
-                                and rel not in ownership.relocated[package]
-                            ):
-                                if _in_cache(ownership.cache_entries[package], rel):
-                                    cached_single[package] += st.st_blocks
-                                else:
-                                    uncached_single[package] += st.st_blocks
-                    if nlink == 1:
-                        private_blocks += st.st_blocks
-                    else:
-                        hardlinked += 1
-                        ino_append(st.st_ino)
-                        nlink_append(nlink)
-                        blocks_append(st.st_blocks)
-        except OSError as exc:
-            errors.append(WalkError(error_kind(exc), directory, exc.strerror or str(exc)))
-        finally:
-            os.close(fd)
-
-    result.dirs += dirs
-    result.files += files
-    result.hardlinked_files += hardlinked
-    result.apparent_bytes += apparent
-    result.private_blocks += private_blocks
-    result.skipped_mounts = skipped_mounts
-    result.untracked_files = untracked_files
-    result.untracked_blocks = untracked_blocks
