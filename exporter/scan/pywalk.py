@@ -48,23 +48,13 @@ class _Frame:
 
 class PythonWalk:
     """The per-path loop without the extension: the same contract, and the same stack of open
-    directories, as ``_walker.walk``."""
+    directories, as ``_walker.walk`` (each directory listed by a :class:`_Lister`)."""
 
     def __init__(
         self, result: TreeWalk, exclude: frozenset[str], cross_filesystems: bool, ownership: Ownership | None
     ) -> None:
         self.result = result
-        self.exclude = exclude
-        self.cross = cross_filesystems
-        self.ownership = ownership
-        self.owned = (
-            {path: index for index, paths in enumerate(ownership.files) for path in paths} if ownership else None
-        )
-        packages = len(ownership.files) if ownership else 0
-        result.package_blocks = [0] * packages
-        result.cached_single_blocks = [0] * packages
-        result.uncached_single_blocks = [0] * packages
-        self.untracked_inodes: set[int] = set()
+        self.lister = _Lister(result, exclude, cross_filesystems, ownership)
         self.frames: list[_Frame] = []
         self.open_fds = 0
 
@@ -143,7 +133,7 @@ class PythonWalk:
             if self.open_fds <= MAX_OPEN_DIRS:
                 break
             self._close(shallow)
-        self._list(frame)
+        self.lister.list(frame)
 
     def _close(self, frame: _Frame) -> None:
         if frame.fd >= 0:
@@ -154,7 +144,28 @@ class PythonWalk:
     def _pop(self) -> None:
         self._close(self.frames.pop())
 
-    def _list(self, frame: _Frame) -> None:
+
+class _Lister:
+    """Counts what one directory holds into a :class:`TreeWalk`, as ``_walker.c``'s ``list_dir`` and
+    ``count_file`` do."""
+
+    def __init__(
+        self, result: TreeWalk, exclude: frozenset[str], cross_filesystems: bool, ownership: Ownership | None
+    ) -> None:
+        self.result = result
+        self.exclude = exclude
+        self.cross = cross_filesystems
+        self.ownership = ownership
+        self.owned = (
+            {path: index for index, paths in enumerate(ownership.files) for path in paths} if ownership else None
+        )
+        packages = len(ownership.files) if ownership else 0
+        result.package_blocks = [0] * packages
+        result.cached_single_blocks = [0] * packages
+        result.uncached_single_blocks = [0] * packages
+        self.untracked_inodes: set[int] = set()
+
+    def list(self, frame: _Frame) -> None:
         """Count every entry of ``frame``'s directory, stat()ed from its fd, and keep its subdirectories."""
         result = self.result
         errors = result.errors
