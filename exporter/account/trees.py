@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from exporter.account.contents import account_contents, ownership
+from exporter.account.contents import account_contents, foreign_sources, ownership
 from exporter.account.links import account_tree
 from exporter.account.reclaim import package_rows
 from exporter.discover.roots import EnvLocation, RootLayout
@@ -82,6 +82,9 @@ def measure_env(env: EnvLocation, options: ScanOptions) -> EnvUsage:
     owned = ownership(meta, env.pkgs_dirs)
     walk = walk_tree(env.prefix, env.exclude, options.cross_filesystems, owned)
     walk.errors.extend(meta.errors)
+    foreign = foreign_sources(meta, owned, env.prefix, env.pkgs_dirs)
+    if foreign is not None:
+        walk.errors.append(foreign)
     return EnvUsage(
         root=env.root,
         name=env.name,
