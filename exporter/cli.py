@@ -25,7 +25,15 @@ from exporter.config import ENV_PREFIX, Settings, flag_of, parse_listen_address
 from exporter.demo import build_demo_root
 from exporter.discover.roots import Discovery, RootNotFoundError, detect_roots, validate_roots
 from exporter.expose.exposition import build_registry
-from exporter.expose.report import EnvNotFoundError, match_envs, render_report, render_what_if, report_json
+from exporter.expose.page_model import DEFAULT_SORT, SORT_KEYS
+from exporter.expose.report import (
+    EnvNotFoundError,
+    match_envs,
+    render_report,
+    render_what_if,
+    report_csv,
+    report_json,
+)
 from exporter.model import ScanOptions, Snapshot
 from exporter.scan.walk import WALKER
 from exporter.snapshot.full import full_scan
@@ -64,7 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--once", action="store_true", help="scan, print the exposition to stdout and exit")
     report = parser.add_argument_group("report", "what the report command prints")
-    report.add_argument("--format", choices=("table", "json"), default="table", help="report as a table or JSON")
+    report.add_argument(
+        "--format", choices=("table", "json", "csv"), default="table",
+        help="report as a table, JSON (envs, caches, owners, stale envs, roots) or CSV (one row per env)",
+    )
+    report.add_argument(
+        "--sort", choices=tuple(SORT_KEYS), default=DEFAULT_SORT, metavar="KEY",
+        help="order of the envs: " + "; ".join(f"{name}: {key.help}" for name, key in SORT_KEYS.items()),
+    )
     report.add_argument(
         "--what-if-delete", nargs="+", metavar="ENV", default=None,
         help="report what deleting these envs (names or prefixes) and then running 'conda clean --packages' "
@@ -202,7 +217,8 @@ def serve(settings: Settings, roots: list[str], fixed_roots: bool = False) -> in
 def _report(args: argparse.Namespace, snapshot: Snapshot | None) -> str:
     assert snapshot is not None  # published by _scan
     if args.what_if_delete is None:
-        return report_json(snapshot) if args.format == "json" else render_report(snapshot)
+        render = {"json": report_json, "csv": report_csv, "table": render_report}[args.format]
+        return render(snapshot, args.sort)
     try:
         envs = match_envs(snapshot, args.what_if_delete)
     except EnvNotFoundError as exc:
@@ -235,6 +251,8 @@ def run(argv: list[str] | None) -> int:
         sys.stdout.write(generate_latest(build_registry(_scan(settings, roots))).decode())
         return 0
     if args.command == "report":
+        if args.what_if_delete is not None and args.format == "csv":
+            raise UsageError("--format csv lists envs; --what-if-delete answers in a table or JSON")
         sys.stdout.write(_report(args, _scan(settings, roots).snapshot))
         return 0
     if args.what_if_delete is not None:
