@@ -55,23 +55,25 @@ def _count(value: int) -> str:
     return f"{value:,}"
 
 
-def _num(value: float | None, shown: str) -> str:
-    """A right-aligned table cell: the raw value to sort by and compare, and how it reads."""
+def _num(value: float | None, shown: str, css: str = "num") -> str:
+    """A number's table cell: the raw value to sort by and compare, and how it reads; ``css`` its class
+    (the env table aligns by column instead, to keep a row short)."""
+    attribute = f' class="{css}"' if css else ""
     if value is None:
-        return '<td class="num muted">&ndash;</td>'
-    return f'<td class="num" data-value="{value!r}">{shown}</td>'
+        return f"<td{attribute}>&ndash;</td>"
+    return f'<td{attribute} data-value="{value!r}">{shown}</td>'
 
 
-def _bytes(value: int | None) -> str:
-    return _num(value, human_bytes(value) if value is not None else "")
+def _bytes(value: int | None, css: str = "num") -> str:
+    return _num(value, human_bytes(value) if value is not None else "", css)
 
 
 def _time(timestamp: float | None) -> str:
-    """A ``<time>``: the UTC date as text (and on hover), the Unix time for the script and the tests."""
+    """A ``<time>``: the UTC date as text and on hover; the script reads ``datetime``."""
     if timestamp is None:
         return '<span class="muted">never</span>'
     moment = time.gmtime(timestamp)
-    return (f'<time datetime="{time.strftime("%Y-%m-%dT%H:%M:%SZ", moment)}" data-value="{timestamp!r}" '
+    return (f'<time datetime="{time.strftime("%Y-%m-%dT%H:%M:%SZ", moment)}" '
             f'title="{time.strftime("%Y-%m-%d %H:%M:%S UTC", moment)}">{time.strftime("%Y-%m-%d %H:%M UTC", moment)}'
             "</time>")
 
@@ -86,10 +88,11 @@ def _bar(parts: Iterable[tuple[str, float]], scale: float, css: str, label: str)
     for cls, amount in parts:
         width = round(_BAR_WIDTH * amount / scale, 1) if scale > 0 else 0.0
         if width > 0:
-            rects.append(f'<rect class="{cls}" x="{x:g}" width="{width:g}" height="10"/>')
+            position = f' x="{x:g}"' if x else ""
+            rects.append(f'<rect class="{cls}"{position} width="{width:g}" height="10"/>')
             x += width
-    return (f'<svg class="{css}" viewBox="0 0 {_BAR_WIDTH} 10" preserveAspectRatio="none" role="img" '
-            f'aria-label="{label}"><title>{label}</title>{"".join(rects)}</svg>')
+    return (f'<svg class="{css}" viewBox="0 0 {_BAR_WIDTH} 10" preserveAspectRatio="none"><title>{label}</title>'
+            f'{"".join(rects)}</svg>')
 
 
 def _health(snapshot: Snapshot, health: ScanHealth) -> str:
@@ -103,9 +106,10 @@ def _health(snapshot: Snapshot, health: ScanHealth) -> str:
     result = "" if health.last_success else ' <span class="err">(the last scan failed; showing the one before)</span>'
     errors = sum(health.errors_total.values())
     error_kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(health.errors_total.items()) if n)
+    last_scan = health.last_success_at or snapshot.completed_at
     mode = {"inotify": f"inotify, {_count(health.watches)} dirs", "poll": "polling"}.get(health.watch_mode, "off")
     items = [
-        f'<div>Last scan <b data-key="last-scan">{_time(health.last_success_at or snapshot.completed_at)}</b>'
+        f'<div>Last scan <b data-key="last-scan" data-value="{last_scan!r}">{_time(last_scan)}</b>'
         f', took <b data-key="scan-duration" data-value="{health.last_duration_seconds!r}">'
         f"{health.last_duration_seconds:.2f} s</b>{result}</div>",
         f'<div>Watching <b data-key="watch-mode">{mode}</b></div>',
@@ -174,25 +178,22 @@ ENV_COLUMNS = (
 def _env_row(row: EnvRow, scale: int) -> str:
     bar = _bar((("u", row.unique_bytes), ("s", row.shared_bytes)), scale, "bar",
                f"unique {human_bytes(row.unique_bytes)}, shared {human_bytes(row.shared_bytes)}")
-    errors = (f'<td class="num err" data-value="{row.scan_errors}">{_count(row.scan_errors)}</td>' if row.scan_errors
-              else '<td class="num muted" data-value="0">0</td>')
+    errors = _num(row.scan_errors, _count(row.scan_errors), "err" if row.scan_errors else "muted")
     last = row.last_transaction
-    when = (f'<td class="num" data-value="{last!r}">{_time(last)}</td>' if last is not None
-            else '<td class="num muted">never</td>')
+    when = f'<td data-value="{last!r}">{_time(last)}</td>' if last is not None else '<td class="muted">never</td>'
     return (
-        f'<tr data-root="{_name(row.root)}"><td class="name"><b>{_name(row.name)}</b>'
-        f'<span class="path">{_path(row.prefix)}</span></td><td>{_name(row.owner)}</td>'
-        f'<td class="barcell" data-value="{row.disk_bytes}">{bar}</td>{_bytes(row.unique_bytes)}'
-        f"{_bytes(row.shared_bytes)}{_bytes(row.reclaimable_bytes)}{_bytes(row.apparent_bytes)}"
-        f"{_num(row.packages, _count(row.packages))}{_bytes(row.untracked_bytes)}{_bytes(row.copied_bytes)}"
-        f"{when}{errors}</tr>\n"
+        f'<tr><td class="name"><b>{_name(row.name)}</b><span class="path">{_path(row.prefix)}</span></td>'
+        f'<td>{_name(row.owner)}</td><td data-value="{row.disk_bytes}">{bar}</td>{_bytes(row.unique_bytes, "")}'
+        f'{_bytes(row.shared_bytes, "")}{_bytes(row.reclaimable_bytes, "")}{_bytes(row.apparent_bytes, "")}'
+        f'{_num(row.packages, _count(row.packages), "")}{_bytes(row.untracked_bytes, "")}'
+        f'{_bytes(row.copied_bytes, "")}{when}{errors}</tr>\n'
     )
 
 
 def _env_table(rows: list[EnvRow]) -> str:
     scale = max((row.disk_bytes for row in rows), default=0)
     head = "".join(
-        f'<th data-key="{key}" data-sort="{kind}"{" class=num" if kind == "num" and key != "disk" else ""}'
+        f'<th data-key="{key}" data-sort="{kind}"'
         f'{" aria-sort=descending" if key == "unique" else ""}>{title}</th>'
         for key, title, kind in ENV_COLUMNS
     )
@@ -207,7 +208,7 @@ def _env_table(rows: list[EnvRow]) -> str:
 def _owner_table(snapshot: Snapshot) -> str:
     owners = sorted(snapshot.reclaim.owners, key=lambda o: (-o.bytes, o.root, o.owner))
     rows = "".join(
-        f'<tr data-root="{_name(o.root)}"><td>{_name(o.owner)}</td>{_num(o.envs, _count(o.envs))}{_bytes(o.bytes)}'
+        f'<tr><td>{_name(o.owner)}</td>{_num(o.envs, _count(o.envs))}{_bytes(o.bytes)}'
         f'<td class="path">{_name(o.root)}</td></tr>'
         for o in owners
     )
@@ -245,7 +246,8 @@ def starting_page() -> bytes:
     """What ``/`` answers (with 503) until the first scan has finished: no numbers, and a reload every 5 s."""
     return (
         _head("Conda disk usage: first scan running", '\n<meta http-equiv="refresh" content="5">')
-        + '<main><h2>First scan running</h2><p>The exporter has not finished its first scan yet, so it has no '
+        + '<header><h1>Conda disk usage</h1></header>\n<main><h2>First scan running</h2>'
+        "<p>The exporter has not finished its first scan yet, so it has no "
         "numbers to show. This page reloads every 5 seconds; <a href=\"/readyz\">/readyz</a> answers 200 once "
         "the scan is done.</p></main>\n</body></html>\n"
     ).encode()

@@ -68,7 +68,8 @@ th[aria-sort=descending]::after{content:" \\25BC";font-size:.7em}
 td.path{display:table-cell;min-width:10rem}
 .muted{color:var(--muted)}
 .err{color:var(--warn);font-weight:700}
-td.barcell{width:12%;min-width:7rem}
+#envs td:nth-child(3){width:12%;min-width:7rem}
+#envs td:nth-child(n+4),#envs th:nth-child(n+4){text-align:right}
 svg.bar{display:block;width:100%;height:10px;margin-top:.3rem}
 svg.fs{display:block;width:100%;height:12px;margin:.1rem 0 .7rem;border-radius:3px}
 .u{fill:var(--unique)}.s{fill:var(--shared)}.r{fill:var(--root)}.o{fill:var(--used)}.f{fill:var(--free)}
@@ -79,7 +80,10 @@ svg.fs{display:block;width:100%;height:12px;margin:.1rem 0 .7rem;border-radius:3
 .legend .key:first-child{margin-left:0}
 footer{color:var(--muted);font-size:.8rem;padding:0 1.5rem 1.5rem;max-width:1500px;margin:0 auto}
 @media (max-width:640px){header,main,footer{padding-left:.75rem;padding-right:.75rem}
-.health{gap:.2rem 1rem}.health div{white-space:normal}th,td{padding:.32rem .45rem}}
+.health{gap:.2rem 1rem}.health div{white-space:normal}th,td{padding:.32rem .45rem}
+.name{min-width:9rem;max-width:10rem}
+#envs th:first-child,#envs td:first-child{position:sticky;left:0;z-index:1;background:var(--card);
+box-shadow:1px 0 0 var(--line)}#envs th:first-child{background:var(--head)}}
 """
 
 SCRIPT = """
@@ -89,8 +93,8 @@ SCRIPT = """
                [60, "minute"], [1, "second"]];
   var words = new Intl.RelativeTimeFormat("en", {numeric: "auto"});
   var now = Date.now() / 1000;
-  document.querySelectorAll("time[data-value]").forEach(function (el) {
-    var delta = Number(el.getAttribute("data-value")) - now;
+  document.querySelectorAll("time[datetime]").forEach(function (el) {
+    var delta = Date.parse(el.getAttribute("datetime")) / 1000 - now;
     for (var i = 0; i < steps.length; i++) {
       if (Math.abs(delta) >= steps[i][0] || i === steps.length - 1) {
         el.textContent = words.format(Math.round(delta / steps[i][0]), steps[i][1]);
