@@ -31,14 +31,17 @@ def missing() -> str:
 
 
 @contextmanager
-def chromium(width: int = 1280, height: int = 900) -> Iterator[webdriver.Chrome]:
-    """A fresh headless Chromium (its own profile dir) whose console messages ``get_log("browser")`` returns."""
+def chromium(width: int = 1280, height: int = 900, javascript: bool = True) -> Iterator[webdriver.Chrome]:
+    """A fresh headless Chromium (its own profile dir) whose console messages :func:`console` returns; with
+    ``javascript`` False, one that runs no page script (as a reader who turned it off)."""
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         options = webdriver.ChromeOptions()
         options.binary_location = shutil.which("chromium") or "chromium"
         for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"):
             options.add_argument(flag)
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        if not javascript:
+            options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
         driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver") or "chromedriver"))
         try:
             yield driver

@@ -244,6 +244,39 @@ def test_screenshot_of_the_page_is_a_picture(driver: WebDriver, served: Exporter
     assert len(png) > 20_000 and colours > 100, (len(png), colours)  # text, bars and tables, not a blank page
 
 
+def test_readable_at_1280_and_on_a_phone(driver: WebDriver, served: Exporter) -> None:
+    """At 1280 px the env table fits; on a 400 px phone the page itself never scrolls sideways, only the
+    table inside its own container does."""
+    try:
+        for width, table_fits in ((1280, True), (400, False)):
+            driver.set_window_size(width, 900)
+            driver.get(served.url + "/")
+            page_width, viewport, table, box = driver.execute_script(
+                "var box = document.querySelector('#envs').parentNode;"
+                "return [document.documentElement.scrollWidth, document.documentElement.clientWidth,"
+                " box.scrollWidth, box.clientWidth];")
+            assert page_width <= viewport, (width, page_width, viewport)
+            assert (table <= box) is table_fits, (width, table, box)
+            assert driver.execute_script("return getComputedStyle(arguments[0]).overflowX",
+                                         driver.find_element(By.CSS_SELECTOR, "#envs")
+                                         .find_element(By.XPATH, "..")) == "auto"
+    finally:
+        driver.set_window_size(1280, 900)
+
+
+def test_without_javascript_the_page_reads_the_same(served: Exporter) -> None:
+    """No script: dates stay absolute UTC dates, rows stay in the server's order (biggest unique first)."""
+    with browser.chromium(javascript=False) as plain:
+        plain.get(served.url + "/")
+        assert plain.execute_script("return document.documentElement.dataset.script") is None  # it did not run
+        dates = [e.text for e in plain.find_elements(By.CSS_SELECTOR, "#envs time")]
+        assert dates and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", d) for d in dates), dates
+        unique = [float(v) for v in plain.execute_script(
+            "return Array.from(document.querySelectorAll('#envs tbody tr')).map(function (tr) {"
+            " return tr.cells[3].getAttribute('data-value'); })")]
+        assert unique == sorted(unique, reverse=True) and len(unique) >= 4
+
+
 HOSTILE_NAMES = [
     b"<img src=x onerror=alert(1)>", b'"><img src=x onerror=window.pwned=1>', b"<svg onload=window.pwned=2>",
     b"it's \"quoted\" & <b>bold<b>", b"new\nline", b"latin1-\xe9\xff<script>window.pwned=3<",
