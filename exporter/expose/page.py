@@ -233,7 +233,7 @@ def render_page(snapshot: Snapshot, health: ScanHealth, telemetry_path: str, hos
         + f'<header><h1>Conda disk usage <span>on {escape(host)}</span></h1><nav><a href="{metrics}">{metrics}</a>'
         '<a href="/healthz">/healthz</a><a href="/readyz">/readyz</a></nav></header>\n<main>\n'
         + _health(snapshot, health)
-        + f'<h2>Roots <span>({len(snapshot.roots)})</span></h2>\n<div class="cards">{cards}</div>\n'
+        + (f'<h2>Roots <span>({len(snapshot.roots)})</span></h2>\n<div class="cards">{cards}</div>\n' if cards else "")
         + f'<h2>Environments <span>({len(rows)}; click a heading to sort)</span></h2>\n{_env_table(rows)}'
         + '<h2>Owners <span>(what deleting all their envs and cleaning frees)</span></h2>\n'
         + _owner_table(snapshot)
