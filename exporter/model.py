@@ -107,9 +107,15 @@ class SharedInodes:
 class TreeUsage:
     """Accounted usage of one tree (an env prefix or a package cache). Bytes are bytes.
 
-    ``unique_bytes`` + ``shared_bytes`` equals ``du -s -B1`` of the tree; ``apparent_bytes`` equals
-    ``du -s -b -l``; ``files`` counts non-directories (symlinks included), ``hardlinked_files`` those
-    whose inode has ``st_nlink > 1``.
+    ``unique_bytes`` + ``shared_bytes`` equals ``du -s -B1`` of the tree, except on a filesystem that
+    can reflink, where data that files share is counted once (:mod:`exporter.account.extents`);
+    ``apparent_bytes`` equals ``du -s -b -l``; ``files`` counts non-directories (symlinks included),
+    ``hardlinked_files`` those whose inode has ``st_nlink > 1``.
+
+    ``extent_*`` (empty where nothing is shared by reflink): one row per extent the walk found flagged
+    shared, its physical start and length in bytes on ``dev`` and the inode holding it when that is
+    hardlinked (else 0). ``reflinked_bytes``: those extents' union, each byte once. ``extent_unique_bytes``:
+    the part of the union counted in ``unique_bytes`` (referenced twice inside the tree, nowhere else).
     """
 
     path: str
@@ -123,6 +129,11 @@ class TreeUsage:
     skipped_mounts: int
     errors: tuple[WalkError, ...]
     shared: SharedInodes
+    extent_start: U64 = field(default_factory=lambda: np.zeros(0, np.uint64))
+    extent_length: U64 = field(default_factory=lambda: np.zeros(0, np.uint64))
+    extent_ino: U64 = field(default_factory=lambda: np.zeros(0, np.uint64))
+    reflinked_bytes: int = 0
+    extent_unique_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -153,6 +164,8 @@ class PkgsChunk:
     # Per row of ``usage.shared``: the index in package_dirs of the cleanable package dir holding the
     # inode's one link in the cache, or -1.
     row_package: I32 = field(default_factory=lambda: np.zeros(0, np.int32))
+    # Per row of ``usage``'s extents: the index in package_dirs of the package dir holding it, or -1.
+    extent_package: I32 = field(default_factory=lambda: np.zeros(0, np.int32))
 
 
 @dataclass(frozen=True)

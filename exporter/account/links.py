@@ -8,15 +8,21 @@ is *shared*: it has at least one link outside the tree (package cache, another e
 Shared inodes are kept as a :class:`SharedInodes` table so that totals over several trees (a whole
 root) can count each inode once, and so that later changes elsewhere can be re-accounted without
 walking this tree again (:mod:`exporter.account.delta`).
+
+On a filesystem that can reflink, the walk gives blocks less the extents flagged shared, and those
+extents as rows; each byte of them counts once, as shared unless the tree alone references it
+(:mod:`exporter.account.extents`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
 
+from exporter.account.extents import extent_total, own_extents
 from exporter.model import BLOCK_SIZE, SharedInodes, TreeUsage
 from exporter.scan.walk import TreeWalk
 
@@ -29,11 +35,15 @@ U64 = npt.NDArray[np.uint64]
 REUSE_LIMIT = 16
 
 
+def _column(values: Sequence[int]) -> U64:
+    column: U64 = np.frombuffer(values, dtype=np.uint64) if len(values) else np.zeros(0, np.uint64)  # type: ignore[call-overload]
+    return column
+
+
 def account_tree(walk: TreeWalk) -> TreeUsage:
-    """Count each inode of ``walk`` once and split its bytes into unique and shared."""
-    ino = np.frombuffer(walk.ino, dtype=np.uint64) if len(walk.ino) else np.zeros(0, np.uint64)
-    nlink = np.frombuffer(walk.nlink, dtype=np.uint64) if len(walk.nlink) else np.zeros(0, np.uint64)
-    blocks = np.frombuffer(walk.blocks, dtype=np.uint64) if len(walk.blocks) else np.zeros(0, np.uint64)
+    """Count each inode of ``walk`` once, each byte of its shared extents once, and split its bytes into
+    unique and shared."""
+    ino, nlink, blocks = _column(walk.ino), _column(walk.nlink), _column(walk.blocks)
     distinct, first, found = np.unique(ino, return_index=True, return_counts=True)
     nlink_d = nlink[first]
     blocks_d = blocks[first]
@@ -49,7 +59,7 @@ def account_tree(walk: TreeWalk) -> TreeUsage:
         found=found[outside].astype(np.uint64),
         blocks=blocks_d[outside],
     )
-    return TreeUsage(
+    usage = TreeUsage(
         path=walk.path,
         dev=walk.dev,
         unique_bytes=unique_blocks * BLOCK_SIZE,
@@ -61,16 +71,31 @@ def account_tree(walk: TreeWalk) -> TreeUsage:
         skipped_mounts=walk.skipped_mounts,
         errors=tuple(walk.errors),
         shared=shared,
+        extent_start=_column(walk.extent_start),
+        extent_length=_column(walk.extent_length),
+        extent_ino=_column(walk.extent_ino),
+    )
+    if not len(usage.extent_start):
+        return usage
+    union, within = own_extents(usage)
+    return replace(
+        usage,
+        unique_bytes=usage.unique_bytes + within,
+        shared_bytes=usage.shared_bytes + union - within,
+        reflinked_bytes=union,
+        extent_unique_bytes=within,
     )
 
 
 def distinct_bytes(usages: Iterable[TreeUsage]) -> int:
-    """Allocated bytes of the union of disjoint trees, each inode counted once (``du -s`` of them all).
+    """Allocated bytes of the union of disjoint trees, each inode counted once (``du -s`` of them all),
+    and each byte of their shared extents once.
 
     Private inodes of different trees are distinct by definition; shared ones may be met in several
     trees and are de-duplicated by ``(dev, ino)``.
     """
-    total = 0
+    usages = list(usages)
+    total = extent_total(usages)
     by_dev: dict[int, list[SharedInodes]] = {}
     for usage in usages:
         total += usage.unique_bytes
@@ -144,8 +169,11 @@ def distinct_bytes_update(
     share of all rows (a new or deleted env on a small root), counting everything again is cheaper.
     An inode whose ``st_blocks`` differ between tables (modified between two walks) counts with the
     blocks of the first table holding it, as in :func:`distinct_bytes`.
+    Extent rows, where there are any, are totalled afresh before and after (:func:`extent_total`).
     """
     total = before_total
+    if any(len(t.extent_start) for pair in trees for t in pair if t is not None):
+        total += extent_total(a for _, a in trees if a is not None) - extent_total(b for b, _ in trees if b is not None)
     changed: dict[int, list[U64]] = {}
     for before, after in trees:
         if before is after:

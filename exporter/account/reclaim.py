@@ -16,6 +16,12 @@ A package dir holding an inode with two links in the cache (a hardlink inside it
 package dir) keeps ``st_nlink > 1`` whatever is deleted: conda never cleans it, and neither does this.
 Packages already unreferenced are what clean alone frees (``conda_pkgs_unreferenced_bytes``) and are
 not counted. Inodes are per device: envs on another filesystem than a cache share nothing with it.
+
+On a filesystem that can reflink, blocks shared by reflink are counted by piece
+(:mod:`exporter.account.extents`): a piece is freed when every reference to it lies in the deleted envs
+or in package dirs clean then removes (by conda's rule, which looks at hardlinks only), and at least two
+were seen (one alone says something unseen holds it: a snapshot, a file outside the roots). A reference
+held by a hardlinked file, or anywhere else (``ROOT/envs`` itself, a cache's own files), is never freed.
 """
 
 from __future__ import annotations
@@ -26,7 +32,19 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from exporter.model import BLOCK_SIZE, I32, EnvUsage, OwnerReclaim, PkgsUsage, Reclaim, SharedInodes, StaleReclaim
+from exporter.account.extents import Pieces
+from exporter.model import (
+    BLOCK_SIZE,
+    I32,
+    EnvUsage,
+    OwnerReclaim,
+    PkgsChunk,
+    PkgsUsage,
+    Reclaim,
+    SharedInodes,
+    StaleReclaim,
+    TreeUsage,
+)
 from exporter.scan.cache import NO_PACKAGE
 
 __all__ = ["CacheIndex", "Freed", "package_rows", "reclaim_figures", "reclaimable"]
@@ -91,9 +109,14 @@ class CacheIndex:
     """Every cleanable package dir of some caches and its hardlinked inodes, looked up by (dev, ino).
 
     Built once per snapshot from the caches' chunk tables; a cache listed by two roots counts once.
+    With ``envs`` (every env scanned) and ``fixed`` (every other tree that is neither env nor cache),
+    what the envs' reflinked pieces free is counted too (:class:`Pieces`).
     """
 
-    def __init__(self, caches: Iterable[PkgsUsage]) -> None:
+    def __init__(
+        self, caches: Iterable[PkgsUsage], envs: Sequence[EnvUsage] = (), fixed: Iterable[TreeUsage] = ()
+    ) -> None:
+        caches = list(caches)
         paths: list[str] = []
         freed_bytes: list[int] = []
         by_dev: dict[int, tuple[list[U64], list[I64], list[I64], list[U64]]] = {}
@@ -145,6 +168,12 @@ class CacheIndex:
         # Rows that must lose links for their package dir to be cleaned; 0 for packages that clean
         # alone removes (never part of what is freed) and for those that can never be cleaned.
         self._open = np.where(never, 0, rows - settled)
+        self.alone = ~never & (rows == settled)  # per package id: conda clean alone removes it
+        fixed = list(fixed)
+        reflinked = [t for t in (*(e.usage for e in envs), *fixed) if len(t.extent_start)]
+        reflinked += [c.usage for cache in caches for c in cache.chunks if len(c.usage.extent_start)]
+        # (where nothing is reflinked, as on ext4, there are no pieces to count)
+        self.pieces = Pieces(len(paths), self.alone, self.chunk_ids(caches), envs, fixed) if reflinked else None
 
     def _cleaned(self, hits: Iterable[tuple[I64, I64]]) -> I64:
         """Package ids cleaned once the given links go: ``hits`` pairs package ids of rows with
@@ -186,8 +215,31 @@ class CacheIndex:
         return rows.package[pos], ((need > 0) & (links >= need)).astype(np.int64)
 
     def freed_packages(self, hits: Iterable[tuple[I64, I64]]) -> tuple[tuple[str, int], ...]:
-        cleaned = self._cleaned(hits)
-        return tuple((self.paths[i], int(self._bytes[i])) for i in cleaned)
+        return self.package_sizes(self._cleaned(hits))
+
+    def cleaned(self, hits: Iterable[tuple[I64, I64]]) -> I64:
+        """Package ids cleaned once the links of ``hits`` (see :meth:`cache_hits`) go."""
+        return self._cleaned(hits)
+
+    def package_sizes(self, ids: I64) -> tuple[tuple[str, int], ...]:
+        return tuple((self.paths[i], int(self._bytes[i])) for i in ids)
+
+    def chunk_ids(self, caches: Iterable[PkgsUsage]) -> Iterable[tuple[str, PkgsChunk, I64]]:
+        """Each chunk of ``caches`` (a cache once) with the package id of each of its package dirs (-1:
+        not cleanable), as ``__init__`` numbered them."""
+        seen: set[str] = set()
+        next_id = 0
+        for cache in caches:
+            if cache.path in seen:
+                continue
+            seen.add(cache.path)
+            for chunk in cache.chunks:
+                ids = np.full(len(chunk.cleanable), -1, np.int64)
+                for index, cleanable in enumerate(chunk.cleanable):
+                    if cleanable:
+                        ids[index] = next_id
+                        next_id += 1
+                yield cache.path, chunk, ids
 
 
 def _outside_rows(table: SharedInodes) -> _Links:
@@ -233,8 +285,14 @@ def reclaimable(index: CacheIndex, envs: Sequence[EnvUsage], split: dict[str, _E
         if len(others) > 1:  # one env's own rows all have links outside it: none is freed by it alone
             _, links, nlink, blocks = _merged(others)
             total += int(blocks[links >= nlink.astype(np.int64)].sum()) * BLOCK_SIZE
-    packages = index.freed_packages(hits)
-    return Freed(total + sum(size for _, size in packages), packages)
+    cleaned = index.cleaned(hits)
+    packages = index.package_sizes(cleaned)
+    total += sum(size for _, size in packages)
+    if index.pieces is not None:
+        removed = index.alone.copy()
+        removed[cleaned] = True
+        total += index.pieces.freed({index.pieces.env_ids[env.prefix] for env in envs}, removed)
+    return Freed(total, packages)
 
 
 def _deletable(env: EnvUsage) -> bool:
@@ -243,12 +301,12 @@ def _deletable(env: EnvUsage) -> bool:
 
 
 def reclaim_figures(
-    envs: Sequence[EnvUsage], caches: Sequence[PkgsUsage], roots: Sequence[str], stale_after: float, now: float
+    envs: Sequence[EnvUsage], index: CacheIndex, roots: Sequence[str], stale_after: float, now: float
 ) -> Reclaim:
-    """Per env, per (root, owner) and per root's stale envs, what deleting them and cleaning frees.
-    An env is stale when its last conda transaction is more than ``stale_after`` seconds before
-    ``now`` (a Unix time); one without a history file has no known age and is never stale."""
-    index = CacheIndex(caches)
+    """Per env, per (root, owner) and per root's stale envs, what deleting them and cleaning frees
+    (``index``: every cache, and with reflinks every env, of the snapshot). An env is stale when its last
+    conda transaction is more than ``stale_after`` seconds before ``now`` (a Unix time); one without a
+    history file has no known age and is never stale."""
     split: dict[str, _EnvRows] = {}
     per_env = tuple((env.prefix, reclaimable(index, [env], split).bytes) for env in envs)
     groups: dict[tuple[str, str], list[EnvUsage]] = {}

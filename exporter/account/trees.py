@@ -119,6 +119,8 @@ def account_chunk(raw: CacheChunkWalk) -> PkgsChunk:
         dir_private_bytes=raw.dir_private_bytes,
         cleanable=cleanable,
         row_package=row_package,
+        # NO_PACKAGE (0xFFFFFFFF) read as int32 is -1: a file of the cache dir or of its levels
+        extent_package=np.array(raw.extent_package, np.uint32).view(np.int32),
     )
 
 

@@ -17,11 +17,13 @@ LABELS = ("root", "env", "prefix")
 # name -> (help, value of one env)
 METRICS: Definitions[EnvUsage] = {
     "conda_env_unique_bytes": (
-        "Allocated bytes of inodes whose every link lies inside the env: what deleting the env frees.",
+        "Allocated bytes of inodes whose every link lies inside the env, less data they share by reflink "
+        "with files outside it: what deleting the env frees.",
         lambda e: e.usage.unique_bytes,
     ),
     "conda_env_shared_bytes": (
-        "Allocated bytes of inodes under the env that also have links outside it, each inode once.",
+        "Allocated bytes of inodes under the env that also have links outside it, each inode once, and of "
+        "data its files share by reflink with others, each byte once.",
         lambda e: e.usage.shared_bytes,
     ),
     "conda_env_apparent_bytes": (

@@ -38,8 +38,14 @@ METRICS: Definitions[EnvUsage] = {
         lambda e: e.contents.untracked_files,
     ),
     "conda_env_copied_bytes": (
-        "Allocated bytes of files packages installed as copies instead of hardlinks.",
+        "Allocated bytes of files packages installed as copies instead of hardlinks (on a filesystem that "
+        "can reflink, only what such copies do not share with other files).",
         lambda e: e.contents.copied_bytes,
+    ),
+    "conda_env_reflinked_bytes": (
+        "Bytes of the env's data that files share by reflink (XFS, btrfs; cp --reflink, pixi, uv), each "
+        "byte once; 0 where the filesystem cannot reflink.",
+        lambda e: e.usage.reflinked_bytes,
     ),
     "conda_env_last_transaction_timestamp_seconds": (
         "Unix time of the env's last conda transaction (last change of conda-meta/history).",

@@ -17,7 +17,7 @@
  *
  * walk(top: bytes, dev: int, ino: int, exclude: iterable[str], cross: bool,
  *      files: sequence[sequence[str]] | None, relocated: sequence[iterable[str]],
- *      cache_entries: sequence[str | None]) -> WalkResult
+ *      cache_entries: sequence[str | None], map_extents: bool) -> WalkResult
  * walks the entries below `top` (the caller has counted `top` itself, and lstat()ed it as (dev, ino):
  * the directory opened must be that one) and returns a WalkResult, a
  * struct sequence (like os.stat_result) read by field name; walk_result_fields below documents each
@@ -27,6 +27,13 @@
  * cached_single_blocks and uncached_single_blocks lists of st_blocks per package index (empty with
  * files None). The package arguments are exporter.scan.walk.Ownership's fields; with files None the
  * walk does no per-path string work.
+ *
+ * With map_extents (a filesystem that can reflink: exporter.scan.reflink), each regular file of the
+ * walk's device is mapped with one FS_IOC_FIEMAP ioctl (hardlinked ones once per inode), on an fd opened
+ * from its directory's fd, and the extents flagged shared become rows of ext_start/ext_length/ext_ino
+ * (physical byte offset, length, and the inode if hardlinked, else 0); the file's blocks, everywhere but
+ * in package_blocks and untracked_blocks, are then its st_blocks less those extents. Extents of unknown
+ * place (delayed allocation), inline or encoded (compressed) are left in the blocks, as du counts them.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -37,8 +44,12 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <linux/fiemap.h>
+#include <linux/fs.h>
 
 #define METADATA_DIR "conda-meta"
 
@@ -183,6 +194,62 @@ static int u64set_add(u64set *s, uint64_t key) {
     }
 }
 
+/* Open-addressing map from inode numbers to int64 (a hardlinked inode's shared 512-byte blocks, found
+ * when its first link was mapped). Inode 0 is kept apart. */
+typedef struct {
+    uint64_t *keys;
+    int64_t *values;
+    size_t mask, count;
+    int has_zero;
+    int64_t zero_value;
+} u64map;
+
+/* The value of `key`, or -1 when absent. */
+static int64_t u64map_get(const u64map *m, uint64_t key) {
+    if (key == 0) return m->has_zero ? m->zero_value : -1;
+    if (!m->keys) return -1;
+    for (size_t i = (key * 11400714819323198485ULL) & m->mask;; i = (i + 1) & m->mask) {
+        if (m->keys[i] == key) return m->values[i];
+        if (!m->keys[i]) return -1;
+    }
+}
+
+/* -1 on memory exhaustion. */
+static int u64map_put(u64map *m, uint64_t key, int64_t value) {
+    if (key == 0) {
+        m->has_zero = 1;
+        m->zero_value = value;
+        return 0;
+    }
+    if ((m->count + 1) * 2 > m->mask + 1 || !m->keys) {
+        size_t size = m->keys ? (m->mask + 1) * 2 : 1024;
+        uint64_t *keys = calloc(size, sizeof(uint64_t));
+        int64_t *values = calloc(size, sizeof(int64_t));
+        if (!keys || !values) { free(keys); free(values); return -1; }
+        for (size_t j = 0; m->keys && j <= m->mask; j++) {
+            uint64_t k = m->keys[j];
+            if (!k) continue;
+            size_t i = (k * 11400714819323198485ULL) & (size - 1);
+            while (keys[i]) i = (i + 1) & (size - 1);
+            keys[i] = k;
+            values[i] = m->values[j];
+        }
+        free(m->keys);
+        free(m->values);
+        m->keys = keys;
+        m->values = values;
+        m->mask = size - 1;
+    }
+    for (size_t i = (key * 11400714819323198485ULL) & m->mask;; i = (i + 1) & m->mask) {
+        if (m->keys[i] == key || !m->keys[i]) {
+            if (!m->keys[i]) m->count++;
+            m->keys[i] = key;
+            m->values[i] = value;
+            return 0;
+        }
+    }
+}
+
 /* A directory found in a listing and not yet walked: its name in the listed directory, and the device
  * and inode fstatat() saw there, which the directory opened by that name must have. */
 typedef struct {
@@ -225,12 +292,17 @@ typedef struct {
     const char **entries; /* cache entry per package, or NULL */
     size_t *entry_lens;
     int64_t *package_blocks, *cached_single, *uncached_single;
+    int map_extents;
     /* counters */
     long long dirs, files, hardlinked, apparent, private_blocks, skipped_mounts;
     long long untracked_files, untracked_blocks;
     u64vec ino_col, nlink, blocks;
     u64set untracked_inodes;
     itemvec errors;
+    /* shared extents: rows, the hardlinked inodes mapped so far, the ioctl's buffer */
+    u64vec ext_start, ext_length, ext_ino;
+    u64map mapped_inodes;
+    struct fiemap *fiemap;
     /* the stack */
     frame *frames;
     size_t depth, frames_cap, open_fds;
@@ -283,12 +355,78 @@ static int error_at(walk_state *w, size_t path_len, uint64_t number) {
     return itemvec_push(&w->errors, w->path, path_len, number);
 }
 
-/* Count one non-directory (of w->path[0:path_len], whose directory is not under conda-meta/ when
- * check_owner). -1 when out of memory. */
-static int count_file(walk_state *w, const struct stat *st, size_t path_len, int check_owner) {
+#define FIEMAP_EXTENTS 64
+/* Extents left in a file's blocks: their place is not known, or not theirs alone to count. */
+#define FIEMAP_UNCOUNTED (FIEMAP_EXTENT_UNKNOWN | FIEMAP_EXTENT_DELALLOC | FIEMAP_EXTENT_ENCODED | \
+                          FIEMAP_EXTENT_DATA_INLINE | FIEMAP_EXTENT_DATA_TAIL | FIEMAP_EXTENT_NOT_ALIGNED)
+
+/* Map the regular file `name` of the directory `dir_fd` (the inode `st` describes) and add its extents
+ * flagged shared as rows, with `row_ino`. Its shared bytes in 512-byte blocks; 0 when it cannot be
+ * opened or mapped, or is another inode than `st` by now (it is then counted as a file without shared
+ * extents); -1 when out of memory. */
+static int64_t map_file(walk_state *w, int dir_fd, const char *name, const struct stat *st, uint64_t row_ino) {
+    if (!w->fiemap) {
+        w->fiemap = calloc(1, sizeof(struct fiemap) + FIEMAP_EXTENTS * sizeof(struct fiemap_extent));
+        if (!w->fiemap) return -1;
+    }
+    int fd = openat(dir_fd, name, O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return 0;
+    struct stat opened;
+    if (fstat(fd, &opened) < 0 || opened.st_ino != st->st_ino || opened.st_dev != st->st_dev) {
+        close(fd);
+        return 0;
+    }
+    struct fiemap *fm = w->fiemap;
+    uint64_t start = 0, shared = 0;
+    for (;;) {
+        memset(fm, 0, sizeof(struct fiemap));
+        fm->fm_start = start;
+        fm->fm_length = FIEMAP_MAX_OFFSET - start;
+        fm->fm_extent_count = FIEMAP_EXTENTS;
+        if (ioctl(fd, FS_IOC_FIEMAP, fm) < 0 || fm->fm_mapped_extents == 0) break;
+        const struct fiemap_extent *last = &fm->fm_extents[fm->fm_mapped_extents - 1];
+        for (uint32_t i = 0; i < fm->fm_mapped_extents; i++) {
+            const struct fiemap_extent *e = &fm->fm_extents[i];
+            if (!(e->fe_flags & FIEMAP_EXTENT_SHARED) || (e->fe_flags & FIEMAP_UNCOUNTED) || !e->fe_length) continue;
+            if (u64vec_push(&w->ext_start, e->fe_physical) < 0 || u64vec_push(&w->ext_length, e->fe_length) < 0 ||
+                u64vec_push(&w->ext_ino, row_ino) < 0) {
+                close(fd);
+                return -1;
+            }
+            shared += e->fe_length;
+        }
+        if ((last->fe_flags & FIEMAP_EXTENT_LAST) || fm->fm_mapped_extents < FIEMAP_EXTENTS) break;
+        start = last->fe_logical + last->fe_length;
+    }
+    close(fd);
+    return (int64_t)(shared / 512);
+}
+
+/* The blocks of the file `name` of `dir_fd` to count: st_blocks, less its shared extents when they are
+ * mapped (each hardlinked inode mapped once). -1 when out of memory. */
+static int64_t counted_blocks(walk_state *w, int dir_fd, const char *name, const struct stat *st) {
+    int64_t blocks = (int64_t)st->st_blocks;
+    if (!w->map_extents || !S_ISREG(st->st_mode) || blocks == 0 || (uint64_t)st->st_dev != w->dev) return blocks;
+    int64_t shared;
+    if (st->st_nlink == 1) {
+        shared = map_file(w, dir_fd, name, st, 0);
+    } else if ((shared = u64map_get(&w->mapped_inodes, (uint64_t)st->st_ino)) < 0) {
+        shared = map_file(w, dir_fd, name, st, (uint64_t)st->st_ino);
+        if (shared >= 0 && u64map_put(&w->mapped_inodes, (uint64_t)st->st_ino, shared) < 0) return -1;
+    }
+    if (shared < 0) return -1;
+    return shared > blocks ? 0 : blocks - shared;
+}
+
+/* Count one non-directory (of w->path[0:path_len], named `name` in the directory `dir_fd`, which is not
+ * under conda-meta/ when check_owner). -1 when out of memory. */
+static int count_file(walk_state *w, int dir_fd, const char *name, const struct stat *st, size_t path_len,
+                      int check_owner) {
     w->files++;
     w->apparent += st->st_size;
     uint64_t nlink = (uint64_t)st->st_nlink;
+    int64_t blocks = counted_blocks(w, dir_fd, name, st);
+    if (blocks < 0) return -1;
     if (check_owner) {
         const char *rel = w->path + w->top_len + 1;
         size_t rel_len = path_len - w->top_len - 1;
@@ -306,18 +444,18 @@ static int count_file(walk_state *w, const struct stat *st, size_t path_len, int
             if (nlink == 1 && S_ISREG(st->st_mode) && !owner->relocated) {
                 int cached = w->entries[index] ? in_cache(w, w->entries[index], w->entry_lens[index], rel, rel_len) : 0;
                 if (cached < 0) return -1;
-                if (cached) w->cached_single[index] += st->st_blocks;
-                else w->uncached_single[index] += st->st_blocks;
+                if (cached) w->cached_single[index] += blocks;
+                else w->uncached_single[index] += blocks;
             }
         }
     }
     if (nlink == 1) {
-        w->private_blocks += st->st_blocks;
+        w->private_blocks += blocks;
         return 0;
     }
     w->hardlinked++;
     if (u64vec_push(&w->ino_col, (uint64_t)st->st_ino) < 0 || u64vec_push(&w->nlink, nlink) < 0 ||
-        u64vec_push(&w->blocks, (uint64_t)st->st_blocks) < 0)
+        u64vec_push(&w->blocks, (uint64_t)blocks) < 0)
         return -1;
     return 0;
 }
@@ -370,7 +508,7 @@ static int list_dir(walk_state *w) {
             continue;
         }
         if (!S_ISDIR(st.st_mode)) {
-            if ((rc = count_file(w, &st, path_len, check_owner)) < 0) break;
+            if ((rc = count_file(w, f->fd, name, &st, path_len, check_owner)) < 0) break;
             continue;
         }
         if (strmap_get(&w->exclude, w->path, path_len)) continue;
@@ -639,7 +777,8 @@ static PyObject *blocks_list(const int64_t *values, Py_ssize_t n) {
 enum {
     F_DIRS, F_FILES, F_HARDLINKED_FILES, F_APPARENT_BYTES, F_PRIVATE_BLOCKS, F_SKIPPED_MOUNTS,
     F_UNTRACKED_FILES, F_UNTRACKED_BLOCKS, F_INO, F_NLINK, F_BLOCKS, F_ERRORS,
-    F_PACKAGE_BLOCKS, F_CACHED_SINGLE_BLOCKS, F_UNCACHED_SINGLE_BLOCKS, F_COUNT
+    F_PACKAGE_BLOCKS, F_CACHED_SINGLE_BLOCKS, F_UNCACHED_SINGLE_BLOCKS, F_EXTENT_START, F_EXTENT_LENGTH,
+    F_EXTENT_INO, F_COUNT
 };
 
 static PyStructSequence_Field walk_result_fields[] = {
@@ -662,6 +801,9 @@ static PyStructSequence_Field walk_result_fields[] = {
     [F_UNCACHED_SINGLE_BLOCKS] = {"uncached_single_blocks",
                                   "st_blocks of each package's single-link, not relocated regular files that "
                                   "its cache entry does not hold, by package index"},
+    [F_EXTENT_START] = {"extent_start", "physical byte offset per extent flagged shared (with map_extents)"},
+    [F_EXTENT_LENGTH] = {"extent_length", "byte length per extent flagged shared"},
+    [F_EXTENT_INO] = {"extent_ino", "per extent flagged shared, st_ino of its file if hardlinked, else 0"},
     [F_COUNT] = {NULL, NULL},
 };
 
@@ -699,7 +841,10 @@ static PyObject *walk_result(const walk_state *w) {
         set_field(result, F_ERRORS, items_list(&w->errors)) < 0 ||
         set_field(result, F_PACKAGE_BLOCKS, blocks_list(w->package_blocks, w->packages)) < 0 ||
         set_field(result, F_CACHED_SINGLE_BLOCKS, blocks_list(w->cached_single, w->packages)) < 0 ||
-        set_field(result, F_UNCACHED_SINGLE_BLOCKS, blocks_list(w->uncached_single, w->packages)) < 0) {
+        set_field(result, F_UNCACHED_SINGLE_BLOCKS, blocks_list(w->uncached_single, w->packages)) < 0 ||
+        set_field(result, F_EXTENT_START, vec_bytes(&w->ext_start)) < 0 ||
+        set_field(result, F_EXTENT_LENGTH, vec_bytes(&w->ext_length)) < 0 ||
+        set_field(result, F_EXTENT_INO, vec_bytes(&w->ext_ino)) < 0) {
         Py_DECREF(result); /* (unset fields are NULL; the dealloc skips them) */
         return NULL;
     }
@@ -710,9 +855,10 @@ static PyObject *walker_walk(PyObject *Py_UNUSED(self), PyObject *args) {
     const char *top;
     Py_ssize_t top_len;
     unsigned long long dev, ino;
-    int cross;
+    int cross, map_extents;
     PyObject *exclude, *files, *relocated, *entries;
-    if (!PyArg_ParseTuple(args, "y#KKOpOOO", &top, &top_len, &dev, &ino, &exclude, &cross, &files, &relocated, &entries))
+    if (!PyArg_ParseTuple(args, "y#KKOpOOOp", &top, &top_len, &dev, &ino, &exclude, &cross, &files, &relocated,
+                          &entries, &map_extents))
         return NULL;
     walk_state w;
     memset(&w, 0, sizeof w);
@@ -721,6 +867,7 @@ static PyObject *walker_walk(PyObject *Py_UNUSED(self), PyObject *args) {
     w.dev = dev;
     w.ino = ino;
     w.cross = cross;
+    w.map_extents = map_extents;
     w.has_owned = files != Py_None;
     PyObject *result = NULL, *holder = PyList_New(0);
     if (!holder || fill_set(&w.exclude, exclude, holder) < 0) goto out;
@@ -751,6 +898,12 @@ out:
     free(w.nlink.data);
     free(w.blocks.data);
     free(w.untracked_inodes.keys);
+    free(w.ext_start.data);
+    free(w.ext_length.data);
+    free(w.ext_ino.data);
+    free(w.mapped_inodes.keys);
+    free(w.mapped_inodes.values);
+    free(w.fiemap);
     itemvec_free(&w.errors);
     return result;
 }

@@ -40,6 +40,12 @@ class WalkResult:
     def cached_single_blocks(self) -> list[int]: ...
     @property
     def uncached_single_blocks(self) -> list[int]: ...
+    @property
+    def extent_start(self) -> bytes: ...
+    @property
+    def extent_length(self) -> bytes: ...
+    @property
+    def extent_ino(self) -> bytes: ...
 
 REPLACED: int
 """The errno of an error meaning: a directory was swapped for another between its listing and its opening."""
@@ -55,5 +61,6 @@ def walk(
     files: Sequence[Sequence[str]] | None,
     relocated: Sequence[Iterable[str]],
     cache_entries: Sequence[str | None],
+    map_extents: bool,
     /,
 ) -> WalkResult: ...

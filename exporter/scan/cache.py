@@ -64,6 +64,8 @@ class CacheChunkWalk:
     # Per hardlinked path of ``walk`` (its ino column): the index in package_dirs of the dir holding
     # it, or NO_PACKAGE for the files of the cache dir and its levels.
     path_package: array[int] = field(default_factory=lambda: array("I"))
+    # Per shared extent row of ``walk`` (filesystems that reflink): the same, for the file holding it.
+    extent_package: array[int] = field(default_factory=lambda: array("I"))
 
 
 def _count_tarballs(directory: str, errors: list[WalkError]) -> tuple[int, int, int]:
@@ -122,12 +124,14 @@ def walk_pkgs_chunk(
             leftover_files_bytes += counted[2]
     packages = unreferenced = unreferenced_blocks = index_cache_blocks = leftover_blocks = 0
     path_package = array("I", [NO_PACKAGE]) * len(merged.ino)
+    extent_package = array("I", [NO_PACKAGE]) * len(merged.extent_start)
     dir_private: list[int] = []
     may_clean: list[bool] = []
     index_cache = os.path.join(pkgs_dir, INDEX_CACHE_DIR)
     for index, package_dir in enumerate(package_dirs):
         walk = walk_tree(package_dir, cross_filesystems=cross_filesystems)
         path_package.extend(array("I", [index]) * len(walk.ino))
+        extent_package.extend(array("I", [index]) * len(walk.extent_start))
         dir_private.append(walk.private_blocks * BLOCK_SIZE)
         if not merged.dev:
             merged.dev = walk.dev
@@ -166,4 +170,5 @@ def walk_pkgs_chunk(
         dir_private_bytes=tuple(dir_private),
         may_clean=tuple(may_clean),
         path_package=path_package,
+        extent_package=extent_package,
     )

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import stat
 
-from exporter.model import METADATA_DIR, WalkError
+from exporter.model import BLOCK_SIZE, METADATA_DIR, WalkError
+from exporter.scan.reflink import shared_extents
 from exporter.scan.walk import MAX_OPEN_DIRS, REPLACED_MESSAGE, Ownership, TreeWalk, error_kind
 
 __all__ = ["PythonWalk"]
@@ -51,10 +52,15 @@ class PythonWalk:
     directories, as ``_walker.walk`` (each directory listed by a :class:`_Lister`)."""
 
     def __init__(
-        self, result: TreeWalk, exclude: frozenset[str], cross_filesystems: bool, ownership: Ownership | None
+        self,
+        result: TreeWalk,
+        exclude: frozenset[str],
+        cross_filesystems: bool,
+        ownership: Ownership | None,
+        map_extents: bool = False,
     ) -> None:
         self.result = result
-        self.lister = _Lister(result, exclude, cross_filesystems, ownership)
+        self.lister = _Lister(result, exclude, cross_filesystems, ownership, map_extents)
         self.frames: list[_Frame] = []
         self.open_fds = 0
 
@@ -150,9 +156,16 @@ class _Lister:
     ``count_file`` do."""
 
     def __init__(
-        self, result: TreeWalk, exclude: frozenset[str], cross_filesystems: bool, ownership: Ownership | None
+        self,
+        result: TreeWalk,
+        exclude: frozenset[str],
+        cross_filesystems: bool,
+        ownership: Ownership | None,
+        map_extents: bool,
     ) -> None:
         self.result = result
+        self.map_extents = map_extents
+        self.mapped: dict[int, int] = {}  # hardlinked inode -> its shared blocks, once mapped
         self.exclude = exclude
         self.cross = cross_filesystems
         self.ownership = ownership
@@ -199,15 +212,16 @@ class _Lister:
                         continue
                     files += 1
                     apparent += st.st_size
+                    blocks = self._blocks(frame.fd, entry.name, st) if self.map_extents else st.st_blocks
                     if check_owner:
-                        self._own(relprefix + entry.name, st)
+                        self._own(relprefix + entry.name, st, blocks)
                     if st.st_nlink == 1:
-                        private_blocks += st.st_blocks
+                        private_blocks += blocks
                     else:
                         hardlinked += 1
                         ino_append(st.st_ino)
                         nlink_append(st.st_nlink)
-                        blocks_append(st.st_blocks)
+                        blocks_append(blocks)
         except OSError as exc:
             errors.append(WalkError(error_kind(exc), frame.path, exc.strerror or str(exc)))
         result.dirs += dirs
@@ -217,8 +231,28 @@ class _Lister:
         result.private_blocks += private_blocks
         result.skipped_mounts += skipped_mounts
 
-    def _own(self, rel: str, st: os.stat_result) -> None:
-        """Count a non-directory at ``rel`` (outside conda-meta/) as untracked or as its package's."""
+    def _blocks(self, dir_fd: int, name: str, st: os.stat_result) -> int:
+        """The blocks to count of the file ``name``: ``st_blocks`` less its extents flagged shared, which
+        become rows (a hardlinked inode mapped once), as ``_walker.c``'s ``counted_blocks``."""
+        if not stat.S_ISREG(st.st_mode) or not st.st_blocks or st.st_dev != self.result.dev:
+            return st.st_blocks
+        shared = self.mapped.get(st.st_ino) if st.st_nlink > 1 else None
+        if shared is None:
+            result = self.result
+            row_ino = st.st_ino if st.st_nlink > 1 else 0
+            extents = shared_extents(dir_fd, name, st)
+            for start, length in extents:
+                result.extent_start.append(start)
+                result.extent_length.append(length)
+                result.extent_ino.append(row_ino)
+            shared = sum(length for _, length in extents) // BLOCK_SIZE
+            if st.st_nlink > 1:
+                self.mapped[st.st_ino] = shared
+        return max(st.st_blocks - shared, 0)
+
+    def _own(self, rel: str, st: os.stat_result, blocks: int) -> None:
+        """Count a non-directory at ``rel`` (outside conda-meta/) as untracked or as its package's;
+        ``blocks``: what it holds alone (see :meth:`_blocks`)."""
         result = self.result
         assert self.owned is not None and self.ownership is not None
         package = self.owned.get(rel)
@@ -232,6 +266,6 @@ class _Lister:
         result.package_blocks[package] += st.st_blocks
         if st.st_nlink == 1 and stat.S_ISREG(st.st_mode) and rel not in self.ownership.relocated[package]:
             if _in_cache(self.ownership.cache_entries[package], rel):
-                result.cached_single_blocks[package] += st.st_blocks
+                result.cached_single_blocks[package] += blocks
             else:
-                result.uncached_single_blocks[package] += st.st_blocks
+                result.uncached_single_blocks[package] += blocks

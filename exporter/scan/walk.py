@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from exporter.model import WalkError
+from exporter.scan.reflink import can_reflink
 
 __all__ = [
     "MAX_OPEN_DIRS", "REPLACED_MESSAGE", "WALKER", "Ownership", "TreeWalk", "errno_kind", "error_kind", "walk_tree",
@@ -84,6 +85,13 @@ class TreeWalk:
 
     Byte counters are in bytes; ``private_blocks`` and the ``blocks`` column are in 512-byte units
     (``st_blocks``), so allocated bytes are ``blocks * 512``, exactly what ``du -B1`` adds up.
+
+    On a filesystem that can reflink (:mod:`exporter.scan.reflink`) regular files are mapped: each extent
+    flagged shared is a row of the ``extent_*`` columns (physical start and length in bytes, and the
+    inode when hardlinked, else 0; a hardlinked inode is mapped once per walk), and a file's blocks, in
+    ``private_blocks``, ``blocks``, ``cached_single_blocks`` and ``uncached_single_blocks``, are its
+    ``st_blocks`` less those extents (what it holds alone); ``package_blocks`` and ``untracked_blocks``
+    keep ``st_blocks``.
     """
 
     path: str
@@ -105,6 +113,9 @@ class TreeWalk:
     package_blocks: list[int] = field(default_factory=list)
     cached_single_blocks: list[int] = field(default_factory=list)
     uncached_single_blocks: list[int] = field(default_factory=list)
+    extent_start: array[int] = field(default_factory=lambda: array("Q"))
+    extent_length: array[int] = field(default_factory=lambda: array("Q"))
+    extent_ino: array[int] = field(default_factory=lambda: array("Q"))
 
     def merge(self, other: TreeWalk) -> None:
         """Add ``other`` (a disjoint tree on the same filesystem) into this one."""
@@ -118,6 +129,9 @@ class TreeWalk:
         self.blocks.extend(other.blocks)
         self.skipped_mounts += other.skipped_mounts
         self.errors.extend(other.errors)
+        self.extent_start.extend(other.extent_start)
+        self.extent_length.extend(other.extent_length)
+        self.extent_ino.extend(other.extent_ino)
 
 
 def walk_tree(
@@ -145,7 +159,8 @@ def walk_tree(
     ``i``'s paths; and its regular files with a single link that are not relocated add their blocks to
     ``cached_single_blocks[i]`` when the package's cache entry holds a regular file at the same path
     (a copy of it), else to ``uncached_single_blocks[i]``. Without it the walk does no per-path
-    string work. All blocks are 512-byte units.
+    string work. All blocks are 512-byte units. On a filesystem that can reflink, files are mapped (see
+    :class:`TreeWalk`).
     """
     result = TreeWalk(path=top)
     try:
@@ -160,23 +175,26 @@ def walk_tree(
     result.dirs = 1
     result.apparent_bytes = top_stat.st_size
     result.private_blocks = top_stat.st_blocks
+    map_extents = can_reflink(top, top_stat.st_dev)
     if _native is not None:
-        _walk_native(result, top_stat.st_ino, exclude, cross_filesystems, ownership)
+        _walk_native(result, top_stat.st_ino, exclude, cross_filesystems, ownership, map_extents=map_extents)
     else:
         from exporter.scan.pywalk import PythonWalk  # only where the extension is missing (or a test says so)
 
-        PythonWalk(result, exclude, cross_filesystems, ownership).run(top_stat.st_ino)
+        PythonWalk(result, exclude, cross_filesystems, ownership, map_extents).run(top_stat.st_ino)
     return result
 
 
 def _walk_native(
-    result: TreeWalk, ino: int, exclude: frozenset[str], cross: bool, ownership: Ownership | None
+    result: TreeWalk, ino: int, exclude: frozenset[str], cross: bool, ownership: Ownership | None, *, map_extents: bool
 ) -> None:
     assert _native is not None
     files, relocated, entries = (
         (ownership.files, ownership.relocated, ownership.cache_entries) if ownership else (None, (), ())
     )
-    walked = _native.walk(os.fsencode(result.path), result.dev, ino, exclude, cross, files, relocated, entries)
+    walked = _native.walk(
+        os.fsencode(result.path), result.dev, ino, exclude, cross, files, relocated, entries, map_extents
+    )
     result.dirs += walked.dirs
     result.files += walked.files
     result.hardlinked_files += walked.hardlinked_files
@@ -197,3 +215,6 @@ def _walk_native(
     result.package_blocks = walked.package_blocks
     result.cached_single_blocks = walked.cached_single_blocks
     result.uncached_single_blocks = walked.uncached_single_blocks
+    result.extent_start.frombytes(walked.extent_start)
+    result.extent_length.frombytes(walked.extent_length)
+    result.extent_ino.frombytes(walked.extent_ino)

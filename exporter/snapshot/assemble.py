@@ -4,6 +4,10 @@ A full scan and an incremental rescan both end here. The only difference between
 the totals are counted from every inode table (:func:`~exporter.account.links.distinct_bytes`) or
 updated from the previous snapshot and what changed
 (:func:`~exporter.account.links.distinct_bytes_update`); both give the same numbers.
+
+Where files share extents by reflink, every tree is settled against all the others first
+(:func:`~exporter.account.extents.settle_trees`): what a tree references twice counts as its own only
+when no other tree references it.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from exporter.account.extents import settle_trees
 from exporter.account.links import distinct_bytes, distinct_bytes_update
-from exporter.account.reclaim import reclaim_figures
+from exporter.account.reclaim import CacheIndex, reclaim_figures
 from exporter.discover.roots import RootLayout
 from exporter.model import EnvUsage, PkgsChunk, PkgsUsage, RootUsage, Snapshot, TreeUsage, WalkError
 
@@ -130,6 +135,34 @@ def _root_usage(parts: RootParts, pkgs: Sequence[PkgsUsage], previous: Snapshot 
     )
 
 
+def _settled(parts: Sequence[RootParts]) -> list[RootParts]:
+    """``parts`` with every tree's reflinked bytes settled against every other tree's (a cache listed by
+    two roots is one tree); as they are when no tree has extent rows."""
+    trees: dict[tuple[str, ...], TreeUsage] = {}
+    for part in parts:
+        trees.update((("env", e.prefix), e.usage) for e in part.envs)
+        for cache in part.caches:
+            trees.update((("chunk", cache.path, str(i)), c.usage) for i, c in enumerate(cache.chunks))
+        trees.update((("rest", part.layout.path, str(i)), u) for i, u in enumerate(part.rest))
+    if not any(len(t.extent_start) for t in trees.values()):
+        return list(parts)
+    settled = dict(zip(trees, settle_trees(list(trees.values())), strict=True))
+    return [
+        replace(
+            part,
+            envs=tuple(replace(e, usage=settled[("env", e.prefix)]) for e in part.envs),
+            caches=tuple(
+                replace(cache, chunks=tuple(
+                    replace(c, usage=settled[("chunk", cache.path, str(i))]) for i, c in enumerate(cache.chunks)
+                ))
+                for cache in part.caches
+            ),
+            rest=tuple(settled[("rest", part.layout.path, str(i))] for i in range(len(part.rest))),
+        )
+        for part in parts
+    ]
+
+
 def assemble(
     parts: Sequence[RootParts],
     errors: Sequence[WalkError],
@@ -147,7 +180,7 @@ def assemble(
     envs: list[EnvUsage] = []
     pkgs: list[PkgsUsage] = []
     rest: list[tuple[str, TreeUsage]] = []
-    for part in parts:
+    for part in _settled(parts):
         root = part.layout.path
         caches = [_cache_usage(root, cache) for cache in part.caches]
         if root:  # envs outside any root have no root totals
@@ -157,6 +190,10 @@ def assemble(
         rest.extend((root, usage) for usage in part.rest)
     log_errors(errors)
     completed = clock()
+    index = CacheIndex(pkgs, envs, [usage for _, usage in rest])
+    if index.pieces is not None and index.pieces.clean_alone:  # reflinked pieces only unused packages hold
+        alone = index.pieces.clean_alone
+        pkgs = [replace(p, unreferenced_bytes=p.unreferenced_bytes + alone.get(p.path, 0)) for p in pkgs]
     return Snapshot(
         roots=tuple(roots),
         envs=tuple(envs),
@@ -165,7 +202,7 @@ def assemble(
         duration_seconds=time.monotonic() - started,
         errors=tuple(errors),
         rest=tuple(rest),
-        reclaim=reclaim_figures(envs, pkgs, [p.layout.path for p in parts], stale_after, completed),
+        reclaim=reclaim_figures(envs, index, [p.layout.path for p in parts], stale_after, completed),
     )
 
 

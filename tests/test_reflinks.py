@@ -1,0 +1,293 @@
+"""Reflinks: files that share their data extents, on real XFS and btrfs filesystems (loop mounts).
+
+Every number of ``--once`` is checked against :mod:`tests.reflink_oracle` (``find`` and ``filefrag``,
+block sets, no exporter code); what deleting envs and cleaning frees is checked by doing it and reading
+the filesystem's free space (``statfs``), the one measure that knows what reflinks really hold. Skipped,
+with the reason, where loop mounts cannot be made (not root, no mkfs, no loop device).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from exporter.account.extents import FIXED, extent_groups, extent_total, settle_trees
+from exporter.demo import DemoPackage, write_package
+from exporter.model import SharedInodes, TreeUsage
+from exporter.scan.reflink import BTRFS_MAGIC, XFS_MAGIC, can_reflink, filesystem_type
+from exporter.scan.walk import walk_tree
+from tests.exposition import samples
+from tests.oracle import du_apparent_bytes, du_bytes
+from tests.reflink_oracle import Root, unreferenced_package_dirs
+from tests.reflink_roots import build_reflink_root, install, oracle_trees, random_file
+from tests.reflinkfs import UnavailableError, loop_filesystem, settled_free_bytes
+
+KINDS = ["xfs", "btrfs"]
+
+
+def u64(*values: int) -> npt.NDArray[np.uint64]:
+    return np.array(values, np.uint64)
+
+
+# --- the accounting alone, on hand-computed references -----------------------------------------------
+
+
+def test_pieces_are_grouped_by_their_owners_and_counted_once() -> None:
+    # [0,100) by owners 0 and 1; [50,150) by 2; [200,300) twice by 0; [400,500) once by 1;
+    # [600,700) by 0 and something fixed
+    groups = extent_groups(
+        u64(0, 0, 50, 200, 200, 400, 600, 600), u64(100, 100, 100, 100, 100, 100, 100, 100),
+        np.array([0, 1, 2, 0, 0, 1, 0, FIXED], np.int64),
+    )
+    # union: [0,150) + [200,300) + [400,500) + [600,700)
+    assert groups.union == 450
+    # [0,50): {0,1}; [50,100): {0,1,2}; [100,150): only 2, once (unexplained): no group;
+    # [200,300): 0 twice; [400,500): once; [600,700): fixed
+    assert groups.groups == {(0, 1): 50, (0, 1, 2): 50, (0,): 100}
+    assert groups.owned_by_one() == {0: 100}
+
+
+def test_many_owners_of_one_piece_are_one_group() -> None:
+    # one piece referenced by six owners (past the padded table's width), another by two
+    owners = np.array([5, 4, 3, 2, 1, 0, 7, 8], np.int64)
+    groups = extent_groups(u64(*[4096] * 6, 0, 0), u64(*[4096] * 6, 4096, 4096), owners)
+    assert groups.groups == {(0, 1, 2, 3, 4, 5): 4096, (7, 8): 4096}
+    assert groups.union == 8192
+
+
+def _tree(path: str, starts: list[int], lengths: list[int], *, unique: int, shared: int, within: int = 0) -> TreeUsage:
+    return TreeUsage(
+        path=path, dev=1, unique_bytes=unique, shared_bytes=shared, apparent_bytes=0, dirs=1, files=1,
+        hardlinked_files=0, skipped_mounts=0, errors=(), shared=SharedInodes.empty(1),
+        extent_start=u64(*starts), extent_length=u64(*lengths), extent_unique_bytes=within,
+    )
+
+
+def test_a_piece_referenced_twice_in_a_tree_is_its_own_until_another_tree_references_it() -> None:
+    # a: [0,4096) twice (its own, as it alone accounted it), [8192,12288) once
+    # b: [0,2048) once: half of a's piece is not a's own any more
+    a = _tree("a", [0, 0, 8192], [4096, 4096, 4096], unique=1000 + 4096, shared=4096, within=4096)
+    b = _tree("b", [0], [2048], unique=500, shared=2048)
+    settled_a, settled_b = settle_trees([a, b])
+    assert (settled_a.unique_bytes, settled_a.shared_bytes, settled_a.extent_unique_bytes) == (
+        1000 + 2048, 4096 + 2048, 2048)
+    assert settled_b is b  # nothing of b's moves
+    # settling twice changes nothing (the daemon settles trees it did not walk again)
+    assert settle_trees([settled_a, settled_b]) == [settled_a, settled_b]
+    # together: 1000 + 500 unique-by-inode bytes, the union [0,4096) + [8192,12288) once
+    assert extent_total([settled_a, settled_b]) == 8192 - 2048
+    assert settled_a.unique_bytes + settled_b.unique_bytes + extent_total([settled_a, settled_b]) == 1500 + 8192
+
+
+# --- real filesystems --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def reflink_fs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh XFS (reflink=1) or btrfs filesystem, mounted for the module."""
+    work = tmp_path_factory.mktemp(f"fs-{request.param}")
+    try:
+        with loop_filesystem(request.param, work) as mountpoint:
+            yield mountpoint
+    except UnavailableError as why:
+        pytest.skip(f"{request.param}: {why}")
+
+
+@pytest.fixture(scope="module")
+def reflink_root(reflink_fs: Path) -> tuple[Path, dict[str, Path]]:
+    root = reflink_fs / "conda"
+    return root, build_reflink_root(root, reflink_fs / "outside-the-root")
+
+
+def once(exporter_cmd: list[str], root: Path) -> dict[str, dict[str, float]]:
+    """``--once`` of ``root``: metric -> prefix, pkgs dir, owner (``owner:<name>``) or root -> value."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONDA", "MAMBA"))}
+    proc = subprocess.run([*exporter_cmd, "--once", "--root", str(root)], capture_output=True, text=True,
+                          timeout=120, env={**env, "HOME": str(root.parent)}, check=False)
+    assert proc.returncode == 0, proc.stderr
+    out: dict[str, dict[str, float]] = {}
+    for name, series in samples(proc.stdout).items():
+        for labels, value in series.items():
+            d = dict(labels)
+            key = d.get("prefix") or d.get("pkgs_dir") or (f"owner:{d['owner']}" if "owner" in d else d.get("root", ""))
+            out.setdefault(name, {})[key] = value
+    return out
+
+
+def test_the_filesystem_is_detected(reflink_fs: Path) -> None:
+    st = reflink_fs.stat()
+    assert filesystem_type(str(reflink_fs)) in (XFS_MAGIC, BTRFS_MAGIC)
+    assert can_reflink(str(reflink_fs), st.st_dev)
+    assert not can_reflink("/proc", os.stat("/proc").st_dev)
+
+
+def test_xfs_without_reflink_maps_nothing(tmp_path: Path) -> None:
+    try:
+        with loop_filesystem("xfs-noreflink", tmp_path) as mountpoint:
+            (mountpoint / "f").write_bytes(os.urandom(50_000))
+            assert filesystem_type(str(mountpoint)) == XFS_MAGIC
+            assert not can_reflink(str(mountpoint), mountpoint.stat().st_dev)
+            assert not len(walk_tree(str(mountpoint)).extent_start)
+    except UnavailableError as why:
+        pytest.skip(str(why))
+
+
+def copied_oracle(prefix: Path, oracle: Root) -> tuple[int, int]:
+    """(copied, dedupable) bytes of an env by its records, each copy counted by what it does not share:
+    single-link regular files a package installed, not prefix-rewritten, that its cache entry also holds
+    (dedupable: on the env's filesystem), or installed with link type copy."""
+    copied = dedupable = 0
+    for record_file in sorted((prefix / "conda-meta").glob("*.json")):
+        record = json.loads(record_file.read_text())
+        link = record.get("link") or {}
+        entry = Path(link.get("source") or record.get("extracted_package_dir") or "/nonexistent")
+        placeholders = {p["_path"] for p in (record.get("paths_data") or {}).get("paths", [])
+                        if p.get("prefix_placeholder")}
+        for rel in record["files"]:
+            path = prefix / rel
+            if rel in placeholders or path.is_symlink() or not path.is_file() or path.stat().st_nlink != 1:
+                continue
+            cached = (entry / rel).is_file() and not (entry / rel).is_symlink()
+            own = path.stat().st_blocks * 512 - oracle.shared_bytes_of(path)
+            if cached or link.get("type") in (3, "copy"):
+                copied += own
+            if cached and entry.stat().st_dev == path.stat().st_dev:
+                dedupable += own
+    return copied, dedupable
+
+
+ENV_FIGURES = {
+    "conda_env_unique_bytes": "unique_bytes",
+    "conda_env_shared_bytes": "shared_bytes",
+    "conda_env_reflinked_bytes": "reflinked_bytes",
+    "conda_env_apparent_bytes": "apparent_bytes",
+    "conda_env_files": "files",
+    "conda_env_hardlinked_files": "hardlinked_files",
+}
+
+
+def check_root(got: dict[str, dict[str, float]], root: Path, envs: dict[str, Path], pkgs: list[Path]) -> None:
+    """Every env, cache and root figure of ``got`` against the oracle."""
+    trees = oracle_trees(root, envs)
+    for cache in pkgs[1:]:
+        trees[str(cache)] = (cache, [])
+    oracle = Root(root, trees)
+    problems = []
+    for name, prefix in envs.items():
+        figures = oracle.tree(name)
+        for metric, attr in ENV_FIGURES.items():
+            if got[metric][str(prefix)] != getattr(figures, attr):
+                problems.append(f"{name} {metric}: {got[metric][str(prefix)]} != {getattr(figures, attr)}")
+        copied, dedupable = copied_oracle(prefix, oracle)
+        if got["conda_env_copied_bytes"][str(prefix)] != copied:
+            problems.append(f"{name} copied: {got['conda_env_copied_bytes'][str(prefix)]} != {copied}")
+    for cache in pkgs:
+        dedupable = sum(copied_oracle(p, oracle)[1] for p in envs.values())
+        expected = {
+            "conda_pkgs_bytes": oracle.total([str(cache) if cache != root / "pkgs" else "pkgs"]),
+            "conda_pkgs_apparent_bytes": du_apparent_bytes(cache),
+            "conda_pkgs_unreferenced_packages": len(unreferenced_package_dirs(cache)),
+            "conda_pkgs_unreferenced_bytes": oracle.clean_alone_bytes(unreferenced_package_dirs(cache)),
+            "conda_pkgs_dedupable_bytes": dedupable,
+        }
+        for metric, value in expected.items():
+            if got[metric][str(cache)] != value:
+                problems.append(f"{cache.name} {metric}: {got[metric][str(cache)]} != {value}")
+    total = oracle.total()
+    if got["conda_root_bytes"][str(root)] != total:
+        problems.append(f"conda_root_bytes {got['conda_root_bytes'][str(root)]} != {total}")
+    assert problems == []
+    # what du sees is more than what is on disk: reflinks are counted once
+    assert total < du_bytes(root)
+
+
+def test_every_number_matches_the_oracle(exporter_cmd: list[str], reflink_root: tuple[Path, dict[str, Path]]) -> None:
+    root, envs = reflink_root
+    got = once(exporter_cmd, root)
+    check_root(got, root, envs, [root / "pkgs"])
+    # not vacuous: the shapes are there
+    assert got["conda_env_reflinked_bytes"][str(envs["rl"])] > 0
+    assert got["conda_env_reflinked_bytes"][str(envs["hard"])] > 0  # python, hardlinked, is reflinked in rl
+    assert got["conda_env_copied_bytes"][str(envs["copies"])] > 0
+    assert got["conda_env_copied_bytes"][str(envs["rl"])] == 0  # reflinked copies share everything
+    assert got["conda_pkgs_unreferenced_bytes"][str(root / "pkgs")] > 0
+
+
+def test_both_walkers_map_the_same_extents(reflink_root: tuple[Path, dict[str, Path]],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import exporter.scan.walk
+    from tests.test_walker_fields import assert_same, both_walks
+
+    if exporter.scan.walk.WALKER != "native":
+        pytest.skip("native walker not built")
+    root, envs = reflink_root
+    for top in (*envs.values(), root / "pkgs"):
+        exclude = frozenset({str(root / "envs"), str(root / "pkgs")}) if top == root else frozenset()
+        native, python = both_walks(monkeypatch, str(top), exclude, None)
+        assert_same(native, python)
+    assert len(walk_tree(str(envs["rl"])).extent_start)
+
+
+# --- what a deletion frees, measured -----------------------------------------------------------------
+
+MIB = 1 << 20
+
+
+def conda_clean(pkgs: Path) -> None:
+    for entry in unreferenced_package_dirs(pkgs):
+        shutil.rmtree(entry)
+
+
+def test_freed_space_is_what_the_filesystem_frees(exporter_cmd: list[str], reflink_fs: Path) -> None:
+    """Build a root of big files, read the figures, then clean, delete and clean again for real, and read
+    the filesystem's free space each time."""
+    root = reflink_fs / "freed"
+    pkgs = root / "pkgs"
+    big = {name: DemoPackage(name, "1.0", "0", {f"lib/{name}.so": size})
+           for name, size in (("alpha", 6 * MIB), ("beta", 4 * MIB), ("gamma", 3 * MIB), ("delta", 2 * MIB))}
+    for package in big.values():
+        write_package(pkgs, package)
+    (root / "conda-meta").mkdir(parents=True)
+    envs = {name: root / "envs" / name for name in ("one", "two", "linked")}
+    install(envs["one"], pkgs, big["alpha"], "reflink")
+    install(envs["one"], pkgs, big["beta"], "reflink")
+    install(envs["two"], pkgs, big["alpha"], "reflink")
+    install(envs["linked"], pkgs, big["gamma"], "hardlink")
+    random_file(envs["one"] / "share" / "own.bin", 5 * MIB)
+    os.chown(envs["linked"], 65534, 65534)  # not root's: root's owner set is {one, two}
+    subprocess.run(["sync", "-f", str(root)], check=True)
+    got = once(exporter_cmd, root)
+
+    def near(measured: int, figure: float) -> bool:
+        # the filesystem also frees its own metadata (inode chunks, directory and btree blocks), which no
+        # file's st_blocks holds: a few blocks per file deleted at most
+        return abs(measured - figure) <= 64 * 1024
+
+    before = settled_free_bytes(root)
+    conda_clean(pkgs)  # alpha, beta, delta: only reflinked or linked nowhere; gamma is hardlinked
+    after_clean = settled_free_bytes(root)
+    clean_alone = got["conda_pkgs_unreferenced_bytes"][str(pkgs)]
+    assert near(after_clean - before, clean_alone), (after_clean - before, clean_alone)
+    assert clean_alone >= 2 * MIB  # delta, linked nowhere; alpha and beta are still held by the envs
+
+    shutil.rmtree(envs["one"])
+    conda_clean(pkgs)
+    after_one = settled_free_bytes(root)
+    figure = got["conda_env_reclaimable_bytes"][str(envs["one"])]
+    assert near(after_one - after_clean, figure), (after_one - after_clean, figure)
+    assert figure >= 9 * MIB  # its own 5 MiB and beta's 4, which only it held; alpha stays for "two"
+
+    shutil.rmtree(envs["two"])
+    conda_clean(pkgs)
+    after_both = settled_free_bytes(root)
+    owner = got["conda_owner_reclaimable_bytes"]["owner:root"]
+    assert near(after_both - after_clean, owner), (after_both - after_clean, owner)
+    assert owner >= 15 * MIB
