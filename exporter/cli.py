@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
 import signal
+import socket
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -36,6 +39,7 @@ from exporter.expose.report import (
 )
 from exporter.model import ScanOptions, Snapshot
 from exporter.scan.walk import WALKER
+from exporter.scan.workers import cancel_scans
 from exporter.snapshot.full import full_scan
 from exporter.snapshot.store import SnapshotStore
 
@@ -148,6 +152,22 @@ def _scan(settings: Settings, roots: list[str]) -> SnapshotStore:
     return store
 
 
+def _wait_for(stop: threading.Event) -> None:
+    """Wait until a signal handler sets ``stop``. Not ``stop.wait()``: Python runs handlers in the main thread
+    only, and a signal the kernel hands to another thread does not wake the main thread from a lock wait (a
+    SIGINT was missed so, 1 in ~20 times); the wakeup fd is written whichever thread the signal hits."""
+    receive, send = socket.socketpair()
+    with receive, send:
+        send.setblocking(False)
+        previous = signal.set_wakeup_fd(send.fileno(), warn_on_full_buffer=False)
+        try:
+            while not stop.is_set():  # (the handlers run before this test, at the loop's jump back)
+                select.select([receive], [], [])
+                receive.recv(4096)
+        finally:
+            signal.set_wakeup_fd(previous)
+
+
 def serve(settings: Settings, roots: list[str], fixed_roots: bool = False) -> int:
     """Serve /metrics until SIGTERM or SIGINT.
 
@@ -204,10 +224,12 @@ def serve(settings: Settings, roots: list[str], fixed_roots: bool = False) -> in
     scheme = "https" if web is not None and web.active.ssl_context is not None else "http"
     log.info("serving %s (%s) on %s, roots: %s, walker: %s", path, scheme, address, roots, WALKER)
     scheduler.start()
-    stop.wait()
+    _wait_for(stop)
+    stop_by = time.monotonic() + STOP_TIMEOUT_SECONDS  # one deadline for every step, not a timeout each
     server.stop()
-    if not scheduler.stop(STOP_TIMEOUT_SECONDS):
-        # A full scan is still walking in worker processes; its result is worthless now.
+    cancel_scans()  # a scan's worker processes would outlive the exporter, blocked on their pipes
+    if not scheduler.stop(max(stop_by - time.monotonic(), 0.0)):
+        # A scan in this process (one worker, or an incremental rescan) is still walking; its result is worthless now.
         log.info("abandoning the scan in progress")
         logging.shutdown()
         os._exit(0)

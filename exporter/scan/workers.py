@@ -3,23 +3,38 @@
 A full scan is one task per env and per chunk of a package cache. Tasks run on processes, not
 threads: the GIL makes threads slower than one process for this work (shared/FACTS.md). The task
 function and its tasks must be picklable; results come back in the order of the tasks.
+
+:func:`cancel_scans` ends every running pool at once (the exporter stopping): a worker process left
+behind would block for ever on a pipe nobody reads, and keep the forkserver and multiprocessing's
+resource tracker alive with it (each holds their pipes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from typing import TypeVar
+from concurrent.futures import CancelledError, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
 
 from exporter.model import ScanOptions
 
-__all__ = ["run_tasks"]
+__all__ = ["ScanCancelledError", "cancel_scans", "run_tasks"]
 
 TaskT = TypeVar("TaskT")
 ResultT = TypeVar("ResultT")
+
+_pools_lock = threading.Lock()  # held while a pool starts its processes, so cancel_scans sees all of them
+_running_pools: set[ProcessPoolExecutor] = set()
+_cancelled = threading.Event()
+
+
+class ScanCancelledError(Exception):
+    """The scan's worker processes were stopped by :func:`cancel_scans`: the exporter is stopping."""
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -29,11 +44,39 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context(method)
 
 
+def _start_worker(nice: int) -> None:
+    os.nice(nice)
+    # Ctrl-C reaches the whole process group: the exporter stops its workers itself, without a
+    # KeyboardInterrupt traceback from each of them in the log.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    # SIGKILL: a walk holds nothing that needs cleaning up, and a worker blocked writing its result must
+    # not be waited for. (ProcessPoolExecutor has no public way to end its workers before Python 3.14.)
+    processes: dict[int, Any] = getattr(pool, "_processes", None) or {}
+    for process in list(processes.values()):
+        with contextlib.suppress(OSError, ValueError):  # already gone
+            process.kill()
+
+
+def cancel_scans() -> None:
+    """Kill the worker processes of every scan running on a pool, and refuse new pools from now on: each
+    scan in progress raises :class:`ScanCancelledError` in its thread. Returns at once (the dead workers
+    are reaped by the scans' own threads). Called once, when the exporter stops."""
+    with _pools_lock:
+        _cancelled.set()
+        pools = list(_running_pools)
+    for pool in pools:
+        _kill_workers(pool)
+
+
 def run_tasks(
     run: Callable[[TaskT, ScanOptions], ResultT], tasks: Sequence[TaskT], options: ScanOptions
 ) -> Iterator[ResultT]:
     """``run(task, options)`` for each task, on ``options.workers`` processes at ``options.nice``
-    (in this process when one worker suffices and no nice value is asked for)."""
+    (in this process when one worker suffices and no nice value is asked for). Raises
+    :class:`ScanCancelledError` when :func:`cancel_scans` ends the pool, or was called before."""
     if not tasks:
         return  # (a pool of no workers is an error)
     # A niced scan runs in worker processes even with one worker: nice applies to whole processes.
@@ -42,7 +85,25 @@ def run_tasks(
             yield run(task, options)
         return
     workers = min(options.workers, len(tasks))
-    with ProcessPoolExecutor(
-        max_workers=workers, mp_context=_pool_context(), initializer=os.nice, initargs=(options.nice,)
-    ) as pool:
-        yield from pool.map(run, tasks, [options] * len(tasks), chunksize=1)
+    finished = False
+    pool = ProcessPoolExecutor(  # (starts no process yet)
+        max_workers=workers, mp_context=_pool_context(), initializer=_start_worker, initargs=(options.nice,)
+    )
+    try:
+        with _pools_lock:  # map submits every task, which starts the worker processes: cancel_scans waits for that
+            if _cancelled.is_set():
+                raise ScanCancelledError("the exporter is stopping")
+            _running_pools.add(pool)
+            results = pool.map(run, tasks, [options] * len(tasks), chunksize=1)
+        yield from results
+        finished = True
+    except (BrokenProcessPool, CancelledError):
+        if _cancelled.is_set():
+            raise ScanCancelledError("the exporter is stopping") from None
+        raise
+    finally:
+        with _pools_lock:
+            _running_pools.discard(pool)
+        if not finished:  # a worker of a broken or abandoned pool can be stuck on its pipes: none may outlive it
+            _kill_workers(pool)
+        pool.shutdown(wait=True)
