@@ -1,0 +1,234 @@
+"""HTTP front, the connection loop: one selector thread accepts every connection, completes its TLS handshake,
+reads its request head and writes the rest of slow responses, all without blocking (``connections``); a serving
+thread is given a connection only once its request head is complete, so clients that trickle or stall hold no
+thread.
+
+A connection that waits on its client (for its TLS handshake, its request head, or to take its response) has a
+deadline; each client address may have only so many of those at once (its oldest is closed for a new one), and
+the server as a whole only so many connections (the oldest waiting one is closed for a new one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from exporter.expose.connections import READ, AnswerError, Connection, Limits, WaitingRoom, client_key
+from exporter.expose.webguard import WebConfigWatcher
+
+__all__ = ["ConnectionLoop", "Dispatch"]
+
+log = logging.getLogger(__name__)
+
+ACCEPTS_PER_WAKE = 64  # accepted in one go before the loop looks at the connections it has
+ACCEPT_PAUSE_SECONDS = 0.1  # listening paused this long when out of file descriptors, instead of spinning
+
+
+Dispatch = Callable[[Connection, bytes], None]
+"""Called by the selector thread with a connection whose request head is complete (a serving thread's job)."""
+
+
+def _nonblocking_pair() -> tuple[socket.socket, socket.socket]:
+    pair = socket.socketpair()
+    for sock in pair:
+        sock.setblocking(False)
+    return pair
+
+
+class ConnectionLoop:
+    """The selector thread of a server: accepts on ``listeners``, reads heads, hands complete ones to
+    ``dispatch``, writes what :meth:`respond` could not send at once, enforces ``limits``."""
+
+    def __init__(self, listeners: list[socket.socket], web: WebConfigWatcher | None, limits: Limits,
+                 dispatch: Dispatch) -> None:
+        self.limits, self._web, self._dispatch = limits, web, dispatch
+        self._selector = selectors.DefaultSelector()
+        self._listening = _Listening(listeners, self._selector)
+        self._wake_r, self._wake_w = _nonblocking_pair()
+        self._selector.register(self._wake_r.fileno(), READ)
+        self._lock = threading.Lock()  # guards _open and _handoffs, shared with the serving threads
+        self._open: set[Connection] = set()
+        self._handoffs: list[Connection] = []
+        self._waiting = WaitingRoom()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="http-connections", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop accepting and close every connection; returns within milliseconds."""
+        self._stopping = True
+        self._wake()
+        self._thread.join(1.0)
+        with self._lock:
+            connections, self._open = list(self._open), set()
+        for conn in connections:
+            conn.close()
+        self._listening.close()
+        for sock in (self._wake_r, self._wake_w):
+            sock.close()
+        self._selector.close()
+
+    def respond(self, conn: Connection, data: bytes) -> None:
+        """Send ``data`` on a connection a serving thread holds, then close it; what the client does not
+        take at once is left to the selector thread, within the deadline. Any thread."""
+        conn.out = memoryview(data)
+        try:
+            done = conn.send_some() or self._stopping
+        except OSError:
+            done = True
+        if done:
+            self._finish(conn)
+            return
+        with self._lock:
+            self._handoffs.append(conn)
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # full (a wake-up is pending anyway) or closed (stopped)
+            self._wake_w.send(b"x")
+
+    def _finish(self, conn: Connection) -> None:
+        conn.close()
+        with self._lock:
+            self._open.discard(conn)
+
+    def _run(self) -> None:
+        while not self._stopping:
+            timeout = self._waiting.timeout(time.monotonic())
+            if self._listening.paused:
+                timeout = min(timeout if timeout is not None else ACCEPT_PAUSE_SECONDS, ACCEPT_PAUSE_SECONDS)
+            for key, _events in self._selector.select(timeout):
+                try:
+                    self._on_event(key)
+                except Exception:  # a bug with one connection must not stop the server
+                    log.exception("error handling a connection")
+                    if isinstance(key.data, Connection):
+                        self._drop(key.data)
+            self._expire(time.monotonic())
+
+    def _on_event(self, key: selectors.SelectorKey) -> None:
+        conn = key.data
+        if isinstance(conn, Connection):
+            if not conn.closed:  # (closed to make room by an earlier event of the same select)
+                self._advance(conn)
+        elif key.fd == self._wake_r.fileno():
+            with contextlib.suppress(BlockingIOError):
+                self._wake_r.recv(4096)
+            with self._lock:
+                handoffs, self._handoffs = self._handoffs, []
+            for conn in handoffs:
+                self._waiting.add(conn, time.monotonic() + self.limits.timeout)
+                self._selector.register(conn.fd, conn.want, conn)
+        else:
+            for sock, address in self._listening.accept(key.fd):
+                self._admit(sock, address)
+
+    def _admit(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        """Make room within the limits, closing the oldest connection waiting on the same client, else on any
+        client; a connection with none to close gets 503 itself."""
+        web = self._web.active if self._web else None  # one config per connection
+        conn = Connection(sock, client_key(str(address[0])), web, time.monotonic() + self.limits.timeout)
+        with self._lock:
+            full = len(self._open) >= self.limits.total
+        crowded = self._waiting.count(conn.client) >= self.limits.per_client
+        victim = self._waiting.oldest(conn.client) if crowded else None
+        if victim is None and full:
+            victim = self._waiting.oldest() or conn  # none waiting on a client: the new one is refused
+        if victim is not None:
+            victim.refuse()
+            self._drop(victim)
+        if victim is conn:
+            return
+        with self._lock:
+            self._open.add(conn)
+        self._waiting.add(conn, conn.deadline)
+        self._selector.register(conn.fd, READ, conn)
+
+    def _advance(self, conn: Connection) -> None:
+        answer = None  # what the loop answers itself, without the app
+        try:
+            if conn.out and conn.send_some():
+                self._drop(conn)
+                return
+            head = None if conn.out else conn.receive(self.limits.max_head)
+        except AnswerError as exc:
+            head, answer = b"", exc.answer
+        except OSError as exc:  # the client went away or failed its handshake: nobody to answer
+            log.debug("dropped a connection: %r", exc)
+            self._drop(conn)
+            return
+        if head is None:
+            self._selector.modify(conn.fd, conn.want, conn)
+            return
+        self._waiting.remove(conn)
+        self._selector.unregister(conn.fd)
+        if answer is None:
+            self._dispatch(conn, head)
+        else:
+            self.respond(conn, answer)
+
+    def _drop(self, conn: Connection) -> None:
+        self._waiting.remove(conn)
+        key = self._selector.get_map().get(conn.fd)
+        if key is not None and key.data is conn:  # (a closed fd's number may already be another connection's)
+            self._selector.unregister(conn.fd)
+        self._finish(conn)
+
+    def _expire(self, now: float) -> None:
+        while (oldest := self._waiting.oldest()) is not None:
+            if oldest.deadline > now:
+                break
+            log.debug("dropped a connection from %s: its deadline passed", oldest.client)
+            self._drop(oldest)
+        self._listening.resume_if_due(now)
+
+
+class _Listening:
+    """The listening sockets in the loop's selector; paused for a moment when accept fails for want of
+    file descriptors (the socket stays readable: retrying at once would spin)."""
+
+    def __init__(self, listeners: list[socket.socket], selector: selectors.BaseSelector) -> None:
+        self._listeners = {s.fileno(): s for s in listeners}
+        self._selector = selector
+        self.paused = False
+        self._resume_at = 0.0
+        for fd, sock in self._listeners.items():
+            sock.setblocking(False)
+            selector.register(fd, READ)
+
+    def accept(self, fd: int) -> Iterator[tuple[socket.socket, tuple[str, int]]]:
+        """The connections waiting on listener ``fd``, non-blocking, up to ACCEPTS_PER_WAKE."""
+        for _ in range(ACCEPTS_PER_WAKE):
+            try:
+                sock, address = self._listeners[fd].accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS
+                log.warning("cannot accept a connection: %s", exc.strerror)
+                self._pause()
+                return
+            sock.setblocking(False)
+            yield sock, address
+
+    def _pause(self) -> None:
+        if not self.paused:
+            for fd in self._listeners:
+                self._selector.unregister(fd)
+        self.paused, self._resume_at = True, time.monotonic() + ACCEPT_PAUSE_SECONDS
+
+    def resume_if_due(self, now: float) -> None:
+        if self.paused and now >= self._resume_at:
+            self.paused = False
+            for fd in self._listeners:
+                self._selector.register(fd, READ)
+
+    def close(self) -> None:
+        for sock in self._listeners.values():
+            sock.close()
