@@ -25,11 +25,13 @@ from exporter.model import SharedInodes, TreeUsage
 from exporter.scan.reflink import BTRFS_MAGIC, XFS_MAGIC, can_reflink, filesystem_type
 from exporter.scan.walk import walk_tree
 from tests.exposition import samples
+from tests.httpwait import fetch, poll
 from tests.oracle import du_apparent_bytes, du_bytes
 from tests.realconda import build_real_conda_root
 from tests.reflink_oracle import Root, unreferenced_package_dirs
-from tests.reflink_roots import build_reflink_root, install, oracle_trees, random_file
+from tests.reflink_roots import BY_NAME, build_reflink_root, install, oracle_trees, random_file
 from tests.reflinkfs import UnavailableError, loop_filesystem, settled_free_bytes
+from tests.test_daemon import start
 
 KINDS = ["xfs", "btrfs"]
 
@@ -114,8 +116,13 @@ def once(exporter_cmd: list[str], root: Path) -> dict[str, dict[str, float]]:
     proc = subprocess.run([*exporter_cmd, "--once", "--root", str(root)], capture_output=True, text=True,
                           timeout=120, env={**env, "HOME": str(root.parent)}, check=False)
     assert proc.returncode == 0, proc.stderr
+    return keyed(proc.stdout)
+
+
+def keyed(text: str) -> dict[str, dict[str, float]]:
+    """An exposition as metric -> prefix, pkgs dir, owner (``owner:<name>``) or root -> value."""
     out: dict[str, dict[str, float]] = {}
-    for name, series in samples(proc.stdout).items():
+    for name, series in samples(text).items():
         for labels, value in series.items():
             d = dict(labels)
             key = d.get("prefix") or d.get("pkgs_dir") or (f"owner:{d['owner']}" if "owner" in d else d.get("root", ""))
@@ -178,38 +185,44 @@ ENV_FIGURES = {
 def check_root(got: dict[str, dict[str, float]], root: Path, envs: dict[str, Path], others: list[Path]) -> None:
     """Every env, cache and root figure of ``got`` against the oracle; ``others``: caches on another
     filesystem (which cannot reflink with this one: ``du`` counts them)."""
+    assert differences(got, root, envs, others) == []
+    # what du sees is more than what is on disk: reflinks are counted once
+    assert got["conda_root_bytes"][str(root)] < du_bytes(root)
+
+
+def differences(got: dict[str, dict[str, float]], root: Path, envs: dict[str, Path], others: list[Path]) -> list[str]:
+    """How ``got`` differs from the oracle (see :func:`check_root`); empty when it does not."""
     oracle = Root(root, oracle_trees(root, envs))
     problems = []
+    if set(got["conda_env_unique_bytes"]) != {str(p) for p in envs.values()}:
+        return [f"envs {sorted(got['conda_env_unique_bytes'])} != {sorted(str(p) for p in envs.values())}"]
     for name, prefix in envs.items():
         figures = oracle.tree(name)
         for metric, attr in ENV_FIGURES.items():
             if got[metric][str(prefix)] != getattr(figures, attr):
                 problems.append(f"{name} {metric}: {got[metric][str(prefix)]} != {getattr(figures, attr)}")
-        copied, dedupable = copied_oracle(prefix, oracle)
+        copied, _ = copied_oracle(prefix, oracle)
         if got["conda_env_copied_bytes"][str(prefix)] != copied:
             problems.append(f"{name} copied: {got['conda_env_copied_bytes'][str(prefix)]} != {copied}")
     cache = root / "pkgs"
-    if True:
-        dedupable = sum(copied_oracle(p, oracle)[1] for p in envs.values())
-        expected = {
-            "conda_pkgs_bytes": oracle.total(["pkgs"]),
-            "conda_pkgs_apparent_bytes": du_apparent_bytes(cache),
-            "conda_pkgs_unreferenced_packages": len(unreferenced_package_dirs(cache)),
-            "conda_pkgs_unreferenced_bytes": oracle.clean_alone_bytes(unreferenced_package_dirs(cache)),
-            "conda_pkgs_dedupable_bytes": dedupable,
-        }
-        for metric, value in expected.items():
-            if got[metric][str(cache)] != value:
-                problems.append(f"{cache.name} {metric}: {got[metric][str(cache)]} != {value}")
+    unreferenced = unreferenced_package_dirs(cache)
+    expected = {
+        "conda_pkgs_bytes": oracle.total(["pkgs"]),
+        "conda_pkgs_apparent_bytes": du_apparent_bytes(cache),
+        "conda_pkgs_unreferenced_packages": len(unreferenced),
+        "conda_pkgs_unreferenced_bytes": oracle.clean_alone_bytes(unreferenced),
+        "conda_pkgs_dedupable_bytes": sum(copied_oracle(p, oracle)[1] for p in envs.values()),
+    }
+    for metric, value in expected.items():
+        if got[metric][str(cache)] != value:
+            problems.append(f"{cache.name} {metric}: {got[metric][str(cache)]} != {value}")
     for other in others:
         if got["conda_pkgs_bytes"][str(other)] != du_bytes(other):
             problems.append(f"{other} conda_pkgs_bytes: {got['conda_pkgs_bytes'][str(other)]} != {du_bytes(other)}")
     total = oracle.total() + sum(du_bytes(other) for other in others)
     if got["conda_root_bytes"][str(root)] != total:
         problems.append(f"conda_root_bytes {got['conda_root_bytes'][str(root)]} != {total}")
-    assert problems == []
-    # what du sees is more than what is on disk: reflinks are counted once
-    assert total < du_bytes(root)
+    return problems
 
 
 def test_every_number_matches_the_oracle(exporter_cmd: list[str], reflink_root: tuple[Path, dict[str, Path]]) -> None:
@@ -257,6 +270,40 @@ def test_a_real_installer_reflinks_and_every_number_matches(exporter_cmd: list[s
     assert got["conda_env_copied_bytes"][full] <= 4096
     # what clean alone frees is delta's package (installed into "gone", deleted): nothing shared with an env
     assert 0 < got["conda_pkgs_unreferenced_bytes"][str(real.pkgs)] < du_bytes(real.pkgs) // 2
+
+
+def test_the_daemon_keeps_every_number_equal_to_the_oracle(exporter_cmd: list[str], reflink_fs: Path) -> None:
+    """The daemon's incremental rescans (an env deleted, a package reflinked into another env, an env
+    created by reflinking) end where the oracle is, every number, with no full scan in between."""
+    root = reflink_fs / "daemon"
+    envs = build_reflink_root(root, reflink_fs / "outside-the-daemon-root")
+    running = start(exporter_cmd, root, "--scan.interval", "3600")
+
+    def converge(what: str) -> None:
+        def check() -> str | None:
+            assert running.proc.poll() is None, running.proc.stderr.read() if running.proc.stderr else ""
+            status, text = fetch(f"http://127.0.0.1:{running.port}/metrics")
+            return text if status == 200 and not differences(keyed(text), root, envs, []) else None
+
+        try:
+            poll(check, 30.0, what, interval=0.2)
+        except AssertionError:
+            text = fetch(f"http://127.0.0.1:{running.port}/metrics")[1]
+            raise AssertionError(f"{what}: {differences(keyed(text), root, envs, [])}") from None
+
+    try:
+        converge("first scan")
+        shutil.rmtree(envs.pop("rl2"))  # its scipy extents are no longer shared with anything
+        converge("env deleted")
+        install(envs["copies"], root / "pkgs", BY_NAME["scipy"], "reflink")
+        converge("package reflinked into an env")
+        envs["new"] = root / "envs" / "new"
+        for name in ("python", "numpy"):
+            install(envs["new"], root / "pkgs", BY_NAME[name], "reflink")
+        converge("env created by reflinking")
+    finally:
+        running.proc.terminate()
+        running.proc.wait(10)
 
 
 # --- what a deletion frees, measured -----------------------------------------------------------------
