@@ -16,20 +16,46 @@ it, about nine times faster than ``json.loads`` on a large env, where conda-meta
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
+import stat
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 
 from exporter.model import METADATA_DIR, WalkError
 from exporter.scan.walk import error_kind
 
-__all__ = ["EnvMetadata", "PackageRecord", "owner_name", "parse_record", "read_env_metadata"]
+__all__ = [
+    "MAX_ENV_FILES",
+    "MAX_RECORD_BYTES",
+    "MAX_RECORD_FILES",
+    "EnvMetadata",
+    "PackageRecord",
+    "RecordLimitError",
+    "owner_name",
+    "parse_record",
+    "read_env_metadata",
+]
 
 # conda's LinkType enum values, and the names rattler/pixi use for them
 _LINK_TYPES = {1: "hardlink", 2: "softlink", 3: "copy", 4: "directory"}
+
+MAX_RECORD_BYTES = 64 * 1024 * 1024
+"""A record file larger than this is not read. Real records take about 200-300 bytes per file they list
+(the path in ``files``, again in ``paths_data`` with its checksums): 190 on average in the benchmark's
+generated roots, whose biggest, python's, lists 1,877 files in 343 kB; the biggest real packages
+(pytorch, boost's headers, go's source tree) list some tens of thousands of files, 5-10 MB. 64 MiB holds
+a quarter of a million files, several times that, and bounds what one read costs."""
+MAX_RECORD_FILES = 250_000
+"""A record listing more paths (in ``files``, or in ``paths_data`` when decoded) is skipped, before they
+are built: within the byte limit a record of short names could list ten million, and each costs some
+60 bytes once decoded (a record of 3 million short paths made a rescan peak at 643 MB)."""
+MAX_ENV_FILES = 1_000_000
+"""Records are skipped once those already read list this many paths in the env: what an env's records
+hold stays under some 100 MB, with the walker's table of them. The largest real envs list a few hundred
+thousand files."""
 
 
 @dataclass(frozen=True)
@@ -72,16 +98,21 @@ class EnvMetadata:
         return next((p.version for p in self.packages if p.name == "python"), "")
 
 
-# Fields this module only reads when they make sense are typed Any: a record with an odd link or
-# path entry still counts, as it did for conda; name, version, build and files must be right.
+# Fields this module only reads when they make sense are kept raw (msgspec.Raw: a slice of the record,
+# nothing built) and decoded only when they are what they should be: a record with an odd link or path
+# entry still counts, as it did for conda, and an odd value (a huge array where a string belongs) costs
+# no memory. name, version, build and files must be right.
+_NULL = msgspec.Raw(b"null")
+
+
 class _Link(msgspec.Struct):
-    source: Any = None
-    type: Any = None
+    source: msgspec.Raw = _NULL
+    type: msgspec.Raw = _NULL
 
 
 class _PathEntry(msgspec.Struct):
-    path: Any = msgspec.field(name="_path", default=None)
-    prefix_placeholder: Any = None
+    path: msgspec.Raw = msgspec.field(name="_path", default=_NULL)
+    prefix_placeholder: msgspec.Raw = _NULL
 
 
 class _PathsData(msgspec.Struct):
@@ -89,26 +120,52 @@ class _PathsData(msgspec.Struct):
 
 
 class _Record(msgspec.Struct):
-    """The fields of a PrefixRecord this module reads; any other field is skipped unparsed."""
+    """The fields of a PrefixRecord this module reads; any other field is skipped unparsed, and ``files``
+    and ``paths_data`` are kept raw until their size is known."""
 
     name: str
     version: str
     build: str = ""
-    files: tuple[str, ...] = ()
+    files: msgspec.Raw = msgspec.Raw(b"[]")
     link: _Link | None = None
-    extracted_package_dir: Any = None
-    url: Any = None
-    channel: Any = None
-    subdir: Any = None
+    extracted_package_dir: msgspec.Raw = _NULL
+    url: msgspec.Raw = _NULL
+    channel: msgspec.Raw = _NULL
+    subdir: msgspec.Raw = _NULL
+    paths_data: msgspec.Raw = _NULL
 
 
-class _RecordWithPaths(_Record):
-    paths_data: _PathsData | None = None
-
-
-# paths_data repeats every file with its checksum: decode it only when the raw text names a placeholder.
 _DECODE_RECORD = msgspec.json.Decoder(_Record).decode
-_DECODE_RECORD_WITH_PATHS = msgspec.json.Decoder(_RecordWithPaths).decode
+_DECODE_FILES = msgspec.json.Decoder(tuple[str, ...]).decode
+_DECODE_PATHS_DATA = msgspec.json.Decoder(_PathsData | None).decode
+_DECODE_SCALAR = msgspec.json.Decoder(str | int | float | bool | None).decode
+
+
+class RecordLimitError(ValueError):
+    """A record past one of the size limits (see :data:`MAX_RECORD_BYTES`); it is skipped."""
+
+
+def _bounded_count(raw: msgspec.Raw, marker: bytes) -> int:
+    """An upper bound on the items of the raw JSON array ``raw`` that each hold ``marker`` at least once
+    (``"``: strings hold two), found without building any of them, nor copying ``raw`` whole."""
+    view = memoryview(raw)
+    if len(view) < 3 * MAX_RECORD_FILES:
+        return len(view) // 3  # an item takes 3 bytes at least (``"",``): no need to look
+    step = 1 << 20
+    # an occurrence starting in a chunk is found in it: each chunk reaches len(marker) - 1 bytes further
+    found = sum(bytes(view[i : i + step + len(marker) - 1]).count(marker) for i in range(0, len(view), step))
+    return found // 2 if marker == b'"' else found
+
+
+def _scalar(raw: msgspec.Raw) -> object:
+    """The string, number, boolean or null ``raw`` holds; None for anything else (an array, an object)."""
+    view = memoryview(raw)
+    if not view or view[:1].tobytes() in (b"[", b"{"):
+        return None
+    try:
+        return _DECODE_SCALAR(raw)
+    except msgspec.DecodeError:
+        return None
 
 
 def _link_type(value: object) -> str | None:
@@ -119,34 +176,44 @@ def _link_type(value: object) -> str | None:
     return None
 
 
-def _text(value: object) -> str | None:
+def _text(raw: msgspec.Raw) -> str | None:
+    value = _scalar(raw)
     return value if isinstance(value, str) and value else None
+
+
+def _relocated(raw: msgspec.Raw) -> frozenset[str]:
+    """The paths of ``paths_data`` entries that name a prefix placeholder."""
+    if _bounded_count(raw, b'"_path"') > MAX_RECORD_FILES:
+        raise RecordLimitError(f"paths_data lists more than {MAX_RECORD_FILES} paths")
+    paths_data = _DECODE_PATHS_DATA(raw)
+    if paths_data is None:
+        return frozenset()
+    found = ((_scalar(e.path), _scalar(e.prefix_placeholder)) for e in paths_data.paths)
+    return frozenset(path for path, placeholder in found if placeholder and isinstance(path, str))
 
 
 def parse_record(raw: bytes) -> PackageRecord:
     """Decode one ``conda-meta/*.json`` file's bytes; ValueError (with the reason) if it is not a
-    PrefixRecord: invalid JSON or UTF-8, or a field of the wrong type."""
+    PrefixRecord: invalid JSON or UTF-8, or a field of the wrong type; :class:`RecordLimitError` if it
+    lists more than :data:`MAX_RECORD_FILES` paths (found before they are built)."""
     try:
-        if b"prefix_placeholder" in raw:
-            record: _Record = _DECODE_RECORD_WITH_PATHS(raw)
-        else:
-            record = _DECODE_RECORD(raw)
+        record = _DECODE_RECORD(raw)
+        if _bounded_count(record.files, b'"') > MAX_RECORD_FILES:
+            raise RecordLimitError(f"lists more than {MAX_RECORD_FILES} files")
+        files = _DECODE_FILES(record.files)
+        # paths_data repeats every file with its checksum: decode it only when the text names a placeholder
+        relocated = _relocated(record.paths_data) if b"prefix_placeholder" in raw else frozenset()
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
         raise ValueError(str(exc)) from None
     link = record.link or _Link()
-    paths_data = getattr(record, "paths_data", None)
-    relocated = (
-        frozenset(e.path for e in paths_data.paths if e.prefix_placeholder and isinstance(e.path, str))
-        if paths_data is not None
-        else frozenset()
-    )
+    source = _scalar(link.source)
     return PackageRecord(
         name=record.name,
         version=record.version,
         build=record.build,
-        files=record.files,
-        link_type=_link_type(link.type),
-        source=link.source if isinstance(link.source, str) else _text(record.extracted_package_dir),
+        files=files,
+        link_type=_link_type(_scalar(link.type)),
+        source=source if isinstance(source, str) else _text(record.extracted_package_dir),
         url=_text(record.url),
         channel=_text(record.channel),
         subdir=_text(record.subdir),
@@ -162,30 +229,74 @@ def owner_name(uid: int) -> str:
         return str(uid)
 
 
+def _read_record(meta_fd: int, name: str) -> bytes:
+    """The bytes of record ``name`` in the open ``conda-meta/``: a regular file, not followed if a
+    symlink, at most :data:`MAX_RECORD_BYTES` read. OSError, or RecordLimitError past the limit."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=meta_fd)
+    with open(fd, "rb", closefd=True) as handle:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise RecordLimitError("not a regular file")
+        if st.st_size > MAX_RECORD_BYTES:
+            raise RecordLimitError(f"{st.st_size} bytes, over the {MAX_RECORD_BYTES}-byte limit")
+        raw = handle.read(MAX_RECORD_BYTES + 1)
+    if len(raw) > MAX_RECORD_BYTES:  # it grew since
+        raise RecordLimitError(f"over the {MAX_RECORD_BYTES}-byte limit")
+    return raw
+
+
+def _read_records(meta: str, meta_fd: int, errors: list[WalkError]) -> list[PackageRecord]:
+    """Every record in the open ``conda-meta/`` at ``meta``, sorted by file name, within the limits."""
+    packages: list[PackageRecord] = []
+    listed = 0
+    for name in sorted(n for n in os.listdir(meta_fd) if n.endswith(".json")):
+        path = os.path.join(meta, name)
+        try:
+            record = parse_record(_read_record(meta_fd, name))
+        except RecordLimitError as exc:
+            errors.append(WalkError("metadata", path, f"record not read: {exc}"))
+            continue
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                errors.append(WalkError("metadata", path, "record not read: a symlink"))
+            else:
+                errors.append(WalkError(error_kind(exc), path, exc.strerror or str(exc)))
+            continue
+        except (ValueError, RecursionError) as exc:
+            errors.append(WalkError("metadata", path, f"not a conda package record: {exc}"))
+            continue
+        if listed + len(record.files) > MAX_ENV_FILES:
+            errors.append(WalkError(
+                "metadata", path, f"record not used: the env's records would list over {MAX_ENV_FILES} files"
+            ))
+            continue
+        listed += len(record.files)
+        packages.append(record)
+    return packages
+
+
 def read_env_metadata(prefix: str) -> EnvMetadata:
-    """Read every record of ``prefix/conda-meta`` (sorted by file name)."""
+    """Read every record of ``prefix/conda-meta`` (sorted by file name), within the limits above;
+    ``conda-meta`` itself is not followed if it is a symlink."""
     meta = os.path.join(prefix, METADATA_DIR)
     errors: list[WalkError] = []
     packages: list[PackageRecord] = []
+    last: float | None = None
     try:
-        names = sorted(n for n in os.listdir(meta) if n.endswith(".json"))
+        meta_fd = os.open(meta, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         errors.append(WalkError(error_kind(exc), meta, exc.strerror or str(exc)))
-        names = []
-    for name in names:
-        path = os.path.join(meta, name)
+    else:
         try:
-            with open(path, "rb") as handle:
-                raw = handle.read()
-            packages.append(parse_record(raw))
+            packages = _read_records(meta, meta_fd, errors)
         except OSError as exc:
-            errors.append(WalkError(error_kind(exc), path, exc.strerror or str(exc)))
-        except (ValueError, RecursionError) as exc:
-            errors.append(WalkError("metadata", path, f"not a conda package record: {exc}"))
-    try:
-        last: float | None = os.stat(os.path.join(meta, "history")).st_mtime
-    except OSError:
-        last = None
+            errors.append(WalkError(error_kind(exc), meta, exc.strerror or str(exc)))
+        try:
+            last = os.stat("history", dir_fd=meta_fd).st_mtime
+        except OSError:
+            last = None
+        finally:
+            os.close(meta_fd)
     try:
         owner = owner_name(os.lstat(prefix).st_uid)
     except OSError:
