@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from exporter.account.extents import FIXED, extent_groups, extent_total, settle_trees
+from exporter.account.extents import FIXED, extent_groups, extent_total, settle_trees, stale_trees
 from exporter.demo import DemoPackage, write_package
 from exporter.model import SharedInodes, TreeUsage
 from exporter.scan.reflink import BTRFS_MAGIC, XFS_MAGIC, can_reflink, filesystem_type
@@ -88,6 +88,22 @@ def test_a_piece_referenced_twice_in_a_tree_is_its_own_until_another_tree_refere
     # together: 1000 + 500 unique-by-inode bytes, the union [0,4096) + [8192,12288) once
     assert extent_total([settled_a, settled_b]) == 8192 - 2048
     assert settled_a.unique_bytes + settled_b.unique_bytes + extent_total([settled_a, settled_b]) == 1500 + 8192
+
+
+def test_trees_holding_bytes_that_lost_their_other_references_are_named() -> None:
+    # walked again: before, [0,4096) and [8192,12288); after, [0,4096) only: [8192,12288) lost a reference
+    before = [_tree("cache", [0, 8192], [4096, 4096], unique=0, shared=8192)]
+    after = [_tree("cache", [0], [4096], unique=4096, shared=4096)]
+    others = [
+        _tree("holds-the-lost-bytes", [10000], [100], unique=0, shared=100),
+        _tree("holds-what-is-still-referenced", [0], [4096], unique=0, shared=4096),
+        _tree("ends-where-the-lost-bytes-start", [4096], [4096], unique=0, shared=4096),
+        _tree("starts-where-they-end", [12288], [4096], unique=0, shared=4096),
+        _tree("nothing-reflinked", [], [], unique=10, shared=0),
+    ]
+    assert stale_trees(before, after, others) == [0]
+    assert stale_trees(before, before, others) == []  # nothing lost
+    assert stale_trees(before, [], others) == [0, 1]  # everything lost
 
 
 # --- real filesystems --------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from exporter.model import EnvUsage, PkgsChunk, TreeUsage
 
 __all__ = [
     "FIXED", "Coverage", "ExtentGroups", "Pieces", "coverage", "extent_groups", "extent_total", "own_extents",
-    "settle_trees",
+    "settle_trees", "stale_trees",
 ]
 
 U64 = npt.NDArray[np.uint64]
@@ -278,3 +278,50 @@ class Pieces:
                 if env_id == min(envs) and envs <= env_ids and all(removed[p] for p in packages):
                     total += size
         return total
+
+
+def stale_trees(before: Iterable[TreeUsage], after: Iterable[TreeUsage], others: Sequence[TreeUsage]) -> list[int]:
+    """Which of ``others`` (trees not walked again) to walk again after the trees walked again went from
+    ``before`` to ``after``: those holding an extent row over a byte the walked trees referenced before
+    and no longer do (its flag may have cleared: a cache dir cleaned, the env that shared it deleted).
+    Indexes into ``others``, ascending."""
+    lost_by_dev: dict[int, tuple[U64, U64]] = {}
+    old = _rows_by_dev(before)
+    new = _rows_by_dev(after)
+    for dev, (start, length) in old.items():
+        now_start, now_length = new.get(dev, (np.zeros(0, np.uint64), np.zeros(0, np.uint64)))
+        cover = coverage(np.concatenate([start, now_start]), np.concatenate([length, now_length]))
+        now = coverage(now_start, now_length) if len(now_start) else None
+        pieces = np.flatnonzero(cover.refs >= 1)
+        lo, hi = cover.bounds[pieces], cover.bounds[pieces + 1]
+        if now is not None and len(now.bounds):
+            # a piece is still referenced when the walked trees' new rows cover it
+            at = np.searchsorted(now.bounds, lo, side="right") - 1
+            inside = (at >= 0) & (at < len(now.refs))
+            still = np.zeros(len(lo), bool)
+            still[inside] = now.refs[at[inside]] >= 1
+            lo, hi = lo[~still], hi[~still]
+        if len(lo):
+            lost_by_dev[dev] = (lo, hi)
+    stale = []
+    for index, usage in enumerate(others):
+        lost = lost_by_dev.get(usage.dev)
+        if lost is None or not len(usage.extent_start):
+            continue
+        lo, hi = lost  # sorted, disjoint
+        ends = usage.extent_start + usage.extent_length
+        first = np.searchsorted(hi, usage.extent_start, side="right")  # the first lost piece ending after a row starts
+        hit = (first < len(lo)) & (lo[np.minimum(first, len(lo) - 1)] < ends)
+        if hit.any():
+            stale.append(index)
+    return stale
+
+
+def _rows_by_dev(trees: Iterable[TreeUsage]) -> dict[int, tuple[U64, U64]]:
+    by_dev: dict[int, tuple[list[U64], list[U64]]] = {}
+    for usage in trees:
+        if len(usage.extent_start):
+            starts, lengths = by_dev.setdefault(usage.dev, ([], []))
+            starts.append(usage.extent_start)
+            lengths.append(usage.extent_length)
+    return {dev: (np.concatenate(s), np.concatenate(n)) for dev, (s, n) in by_dev.items()}
