@@ -236,7 +236,10 @@ class Pieces:
             if not len(usage.extent_start):
                 continue
             where = chunk.extent_package.astype(np.int64)
-            owner = np.where(where >= 0, ids[np.maximum(where, 0)], FIXED)
+            owner = np.full(len(usage.extent_start), FIXED, np.int64)
+            if len(where) == len(owner):  # (else a chunk of an older state: its rows are nobody's to free)
+                known = (where >= 0) & (where < len(ids))  # -1: a file of the cache dir, in no package dir
+                owner[known] = ids[where[known]]  # (ids are -1 = FIXED for dirs clean never removes)
             owner[usage.extent_ino != 0] = FIXED
             columns.setdefault(usage.dev, []).append((usage.extent_start, usage.extent_length, owner))
         for env in envs:
