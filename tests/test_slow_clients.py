@@ -20,6 +20,7 @@ import pytest
 import exporter.expose.server
 from exporter.discover.roots import discover_root
 from exporter.expose.app import make_app
+from exporter.expose.connections import client_key
 from exporter.expose.server import MAX_PER_CLIENT, MetricsServer
 from exporter.snapshot.full import full_scan
 from exporter.snapshot.store import SnapshotStore
@@ -207,3 +208,14 @@ def test_slow_readers_get_their_whole_response_and_hold_no_thread(server: Metric
             assert rest.split(b"\n", 1)[0] == body.split(b"\n", 1)[0]
     finally:
         close_all(readers)
+
+
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [("127.0.0.1", "127.0.0.1"), ("::ffff:10.1.2.3", "10.1.2.3"), ("2001:db8:1:2::7", "2001:db8:1:2::/64"),
+     ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"), ("fe80::1%eth0", "fe80::/64"), ("::1", "::/64")],
+)
+def test_what_the_per_client_limit_counts(host: str, key: str) -> None:
+    """An IPv4 address, also mapped into IPv6 on a dual-stack socket; an IPv6 host by its /64, any of whose
+    addresses it may pick (privacy addresses)."""
+    assert client_key(host) == key

@@ -16,6 +16,7 @@ import selectors
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 
 from exporter.expose.connections import READ, AnswerError, Connection, Limits, WaitingRoom, client_key
@@ -51,9 +52,9 @@ class ConnectionLoop:
         self._listening = _Listening(listeners, self._selector)
         self._wake_r, self._wake_w = _nonblocking_pair()
         self._selector.register(self._wake_r.fileno(), READ)
-        self._lock = threading.Lock()  # guards _open and _handoffs, shared with the serving threads
+        self._lock = threading.Lock()  # guards _open, shared with the serving threads
         self._open: set[Connection] = set()
-        self._handoffs: list[Connection] = []
+        self._handoffs: deque[Connection] = deque()  # responses left to the loop (append, popleft: thread-safe)
         self._waiting = WaitingRoom()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="http-connections", daemon=True)
@@ -86,8 +87,7 @@ class ConnectionLoop:
         if done:
             self._finish(conn)
             return
-        with self._lock:
-            self._handoffs.append(conn)
+        self._handoffs.append(conn)
         self._wake()
 
     def _wake(self) -> None:
@@ -101,9 +101,7 @@ class ConnectionLoop:
 
     def _run(self) -> None:
         while not self._stopping:
-            timeout = self._waiting.timeout(time.monotonic())
-            if self._listening.paused:
-                timeout = min(timeout if timeout is not None else ACCEPT_PAUSE_SECONDS, ACCEPT_PAUSE_SECONDS)
+            timeout = self._listening.shorten(self._waiting.timeout(time.monotonic()))
             for key, _events in self._selector.select(timeout):
                 try:
                     self._on_event(key)
@@ -121,11 +119,10 @@ class ConnectionLoop:
         elif key.fd == self._wake_r.fileno():
             with contextlib.suppress(BlockingIOError):
                 self._wake_r.recv(4096)
-            with self._lock:
-                handoffs, self._handoffs = self._handoffs, []
-            for conn in handoffs:
+            while self._handoffs:
+                conn = self._handoffs.popleft()
                 self._waiting.add(conn, time.monotonic() + self.limits.timeout)
-                self._selector.register(conn.fd, conn.want, conn)
+                self._watch(conn)
         else:
             for sock, address in self._listening.accept(key.fd):
                 self._admit(sock, address)
@@ -135,12 +132,8 @@ class ConnectionLoop:
         client; a connection with none to close gets 503 itself."""
         web = self._web.active if self._web else None  # one config per connection
         conn = Connection(sock, client_key(str(address[0])), web, time.monotonic() + self.limits.timeout)
-        with self._lock:
-            full = len(self._open) >= self.limits.total
-        crowded = self._waiting.count(conn.client) >= self.limits.per_client
-        victim = self._waiting.oldest(conn.client) if crowded else None
-        if victim is None and full:
-            victim = self._waiting.oldest() or conn  # none waiting on a client: the new one is refused
+        full = len(self._open) >= self.limits.total  # (read without the lock: a bound, not an invariant)
+        victim = self._waiting.make_room(conn, self.limits.per_client, full)
         if victim is not None:
             victim.refuse()
             self._drop(victim)
@@ -149,7 +142,7 @@ class ConnectionLoop:
         with self._lock:
             self._open.add(conn)
         self._waiting.add(conn, conn.deadline)
-        self._selector.register(conn.fd, READ, conn)
+        self._advance(conn)  # the request is often there already: no wait for the selector to say so
 
     def _advance(self, conn: Connection) -> None:
         answer = None  # what the loop answers itself, without the app
@@ -165,10 +158,10 @@ class ConnectionLoop:
             self._drop(conn)
             return
         if head is None:
-            self._selector.modify(conn.fd, conn.want, conn)
+            self._watch(conn)
             return
         self._waiting.remove(conn)
-        self._selector.unregister(conn.fd)
+        self._unwatch(conn)
         if answer is None:
             self._dispatch(conn, head)
         else:
@@ -176,10 +169,17 @@ class ConnectionLoop:
 
     def _drop(self, conn: Connection) -> None:
         self._waiting.remove(conn)
-        key = self._selector.get_map().get(conn.fd)
-        if key is not None and key.data is conn:  # (a closed fd's number may already be another connection's)
-            self._selector.unregister(conn.fd)
+        self._unwatch(conn)
         self._finish(conn)
+
+    def _watch(self, conn: Connection) -> None:
+        (self._selector.modify if conn.registered else self._selector.register)(conn.fd, conn.want, conn)
+        conn.registered = True
+
+    def _unwatch(self, conn: Connection) -> None:
+        if conn.registered:  # (and only then: once closed, its fd number may be another connection's)
+            self._selector.unregister(conn.fd)
+            conn.registered = False
 
     def _expire(self, now: float) -> None:
         while (oldest := self._waiting.oldest()) is not None:
@@ -222,6 +222,12 @@ class _Listening:
             for fd in self._listeners:
                 self._selector.unregister(fd)
         self.paused, self._resume_at = True, time.monotonic() + ACCEPT_PAUSE_SECONDS
+
+    def shorten(self, timeout: float | None) -> float | None:
+        """The selector's timeout, at most until listening resumes."""
+        if not self.paused:
+            return timeout
+        return ACCEPT_PAUSE_SECONDS if timeout is None else min(timeout, ACCEPT_PAUSE_SECONDS)
 
     def resume_if_due(self, now: float) -> None:
         if self.paused and now >= self._resume_at:

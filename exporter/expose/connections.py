@@ -62,6 +62,10 @@ def encode_response(response: Response, with_body: bool, extra: tuple[tuple[str,
 def client_key(host: str) -> str:
     """What per-client limits count: an IPv4 address (also when mapped into IPv6), an IPv6 /64 (one host
     can pick any address of its /64)."""
+    if ":" not in host:
+        return host  # IPv4, as accept() spells it
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]  # IPv4 on a dual-stack socket
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
@@ -91,6 +95,7 @@ class Connection:
         self.want = READ
         self.peer_cert: dict[str, Any] | None = None
         self.closed = False
+        self.registered = False  # in the loop's selector
 
     def receive(self, max_head: int) -> bytes | None:
         """Take the handshake and the head as far as the socket allows: the head (without its blank line)
@@ -210,5 +215,10 @@ class WaitingRoom:
         first = self.oldest()
         return None if first is None else max(first.deadline - now, 0.0)
 
-    def count(self, client: str) -> int:
-        return len(self._by_client.get(client, ()))
+    def make_room(self, conn: Connection, per_client: int, full: bool) -> Connection | None:
+        """The connection to close for ``conn`` to come in: its client's oldest waiting one when the client has
+        ``per_client`` waiting, else when ``full`` the oldest waiting one of any client, or ``conn`` itself
+        when none waits."""
+        if len(self._by_client.get(conn.client, ())) >= per_client:
+            return self.oldest(conn.client)
+        return (self.oldest() or conn) if full else None
