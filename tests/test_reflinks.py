@@ -352,10 +352,14 @@ def test_freed_space_is_what_the_filesystem_frees(exporter_cmd: list[str], refli
     subprocess.run(["sync", "-f", str(root)], check=True)
     got = once(exporter_cmd, root)
 
+    kind = subprocess.run(["stat", "-f", "-c", "%T", str(root)], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
     def near(measured: int, figure: float) -> bool:
-        # the filesystem also frees its own metadata (inode chunks, directory and btree blocks), which no
-        # file's st_blocks holds: a few blocks per file deleted at most
-        return abs(measured - figure) <= 64 * 1024
+        # The filesystem also frees its own metadata, which no file's st_blocks holds. Measured here: XFS
+        # exact to the byte; btrfs up to 76 KiB off (16 KiB metadata nodes, kept twice), the figures being
+        # 2-16 MiB, and 2-10 MiB off without extent maps.
+        return abs(measured - figure) <= (256 if kind == "btrfs" else 64) * 1024
 
     before = settled_free_bytes(root)
     conda_clean(pkgs)  # alpha, beta, delta: only reflinked or linked nowhere; gamma is hardlinked
