@@ -5,7 +5,8 @@ The walker looks for every single-link file a package installed in the package's
 ``conda_env_copied_bytes`` counts those it finds there: were the entry whatever the record says, an env
 owner could learn which files exist in directories they cannot read. Here an env's record points at a
 directory outside the root holding a file of the same path; another at a symlink in the cache leading
-there; a third, honest one, at its real cache entry.
+there; a third at a package dir of the cache in which a symlink leads there (as someone who can write a
+group-writable cache could plant); a fourth, honest one, at its real cache entry.
 """
 
 from __future__ import annotations
@@ -57,7 +58,11 @@ def test_a_record_pointing_outside_the_caches_learns_nothing(exporter_cmd: list[
     honest_entry = package_dir(root / "pkgs" / "honest-1.0-0", payload)
     secret = package_dir(tmp_path / "outside" / "spy-1.0-0", b"s" * SIZE)  # nobody's cache: not under a root
     os.symlink(secret, root / "pkgs" / "viasymlink-1.0-0")  # a symlink planted in the cache
+    planted = root / "pkgs" / "planted-1.0-0"  # a real package dir whose lib/ is a symlink leading out
+    (planted / "info").mkdir(parents=True)
+    os.symlink(secret / "lib", planted / "lib")
     make_env(root, "leak", "spy", secret, b"e" * SIZE)
+    make_env(root, "planted", "planted", planted, b"e" * SIZE)
     make_env(root, "viasymlink", "viasymlink", root / "pkgs" / "viasymlink-1.0-0", b"e" * SIZE)
     honest = make_env(root, "honest", "honest", honest_entry, payload)
 
@@ -72,9 +77,11 @@ def test_a_record_pointing_outside_the_caches_learns_nothing(exporter_cmd: list[
     # neither hostile record makes the exporter look where it points
     assert copied["leak"] == 0
     assert copied["viasymlink"] == 0
+    assert copied["planted"] == 0
     # the record naming a directory outside every cache is counted, once for the env
     assert errors["leak"] == 1
     assert errors["viasymlink"] == 0  # it names a path in the cache (which is not a package dir there)
+    assert errors["planted"] == 0  # a package dir of the cache: the look-up in it follows no symlink
     assert samples(first)["conda_exporter_scan_errors_total"][(("kind", "metadata"),)] == 1
 
     # and nothing served depends on whether the file outside exists

@@ -103,7 +103,8 @@ def build_tree(base: Path) -> tuple[Path, frozenset[str], Ownership]:
         (cache / rel).parent.mkdir(parents=True, exist_ok=True)
         (cache / rel).write_bytes(bytes([65 + index]) * (3000 + 1000 * index))
     (cache / "lib" / "not-regular.txt").mkdir()  # a directory where the env has a file: not a copy
-    for sub in ("conda-meta/sub", "lib", "share", "bin", "excluded", "empty"):
+    os.symlink("lib", cache / "via-link")  # a symlinked dir in the entry: not followed, so not a copy
+    for sub in ("conda-meta/sub", "lib", "share", "bin", "excluded", "empty", "via-link"):
         (env / sub).mkdir(parents=True)
     (env / "conda-meta" / "history").write_text("==> 2026-01-01 00:00:00 <==\n")
     (env / "conda-meta" / "pkg-1.0-0.json").write_bytes(b"{}" * 900)  # metadata: never untracked
@@ -113,6 +114,7 @@ def build_tree(base: Path) -> tuple[Path, frozenset[str], Ownership]:
         shutil.copyfile(cache / rel, env / rel)
     (env / "lib" / "not-regular.txt").write_bytes(b"r" * 2500)
     (env / "lib" / "uncached.txt").write_bytes(b"u" * 6000)  # owned, absent from the cache
+    shutil.copyfile(cache / "lib" / "copied.txt", env / "via-link" / "copied.txt")  # the cache has it via a symlink
     (env / "lib" / "other.so").write_bytes(b"o" * 7000)  # owned by a package whose cache entry is gone
     os.symlink("../lib/linked.so", env / "bin" / "tool")  # owned symlink
     os.symlink("python3", env / "bin" / "python")  # untracked symlink
@@ -126,7 +128,7 @@ def build_tree(base: Path) -> tuple[Path, frozenset[str], Ownership]:
     owned = Ownership(
         files=[
             ["lib/linked.so", "lib/copied.txt", "share/reloc.txt", non_ascii, "lib/not-regular.txt",
-             "lib/uncached.txt", "bin/tool", "lib/clash.txt", "lib/missing.txt"],
+             "lib/uncached.txt", "bin/tool", "lib/clash.txt", "lib/missing.txt", "via-link/copied.txt"],
             ["lib/other.so", "lib/clash.txt"],  # the later record owns lib/clash.txt
         ],
         # clash.txt is relocated for package 0 only, which does not own it
@@ -191,7 +193,14 @@ def test_walkers_agree_on_hand_made_env(with_ownership: bool, open_base: Path, m
     if with_ownership:
         assert native.untracked_files == 5  # untracked.txt, bin/python, twice-a, twice-b, the leaf past PATH_MAX
         assert all(native.package_blocks) and native.cached_single_blocks[0] and native.uncached_single_blocks[1]
-        assert native.uncached_single_blocks[0]  # uncached.txt, not-regular.txt
+        # by hand: the copies the cache holds (share/reloc.txt is relocated, lib/clash.txt package 1's), and
+        # those it does not hold, via-link/copied.txt among them (the cache has it only through a symlink)
+        blocks = {rel: os.lstat(env / rel).st_blocks for rel in owned.files[0] if os.path.lexists(env / rel)}
+        non_ascii = os.fsdecode(b"lib/caf\xc3\xa9-\xff.bin")
+        assert native.cached_single_blocks[0] == blocks["lib/copied.txt"] + blocks[non_ascii]
+        assert native.uncached_single_blocks[0] == (
+            blocks["lib/uncached.txt"] + blocks["lib/not-regular.txt"] + blocks["via-link/copied.txt"]
+        )
 
 
 def test_walkers_agree_on_the_fixture_root(fixture_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

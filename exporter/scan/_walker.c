@@ -46,9 +46,11 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <linux/fiemap.h>
+#include <linux/openat2.h>
 #include <linux/fs.h>
 
 #define METADATA_DIR "conda-meta"
@@ -290,7 +292,6 @@ typedef struct {
     int has_owned;
     Py_ssize_t packages;
     const char **entries; /* cache entry per package, or NULL */
-    size_t *entry_lens;
     int64_t *package_blocks, *cached_single, *uncached_single;
     int map_extents;
     /* counters */
@@ -308,8 +309,8 @@ typedef struct {
     size_t depth, frames_cap, open_fds;
     char *path; /* the path of the deepest frame (or of the entry being looked at) */
     size_t path_cap;
-    char *cache_path; /* scratch buffer for entry/rel */
-    size_t cache_path_cap;
+    int entry_fd; /* the cache entry of package entry_index, open (or -1) */
+    Py_ssize_t entry_index;
     int out_of_memory;
 } walk_state;
 
@@ -318,22 +319,25 @@ static int is_metadata_dir(const char *rel, size_t len) {
     return len >= n && memcmp(rel, METADATA_DIR, n) == 0 && (len == n || rel[n] == '/');
 }
 
-/* Is `rel` a regular file in cache entry `entry`? -1 when out of memory. `entry` is a package dir of a
- * known package cache (exporter.account.contents accepts no other), so the path leads nowhere an env
- * owner chose. */
-static int in_cache(walk_state *w, const char *entry, size_t entry_len, const char *rel, size_t rel_len) {
-    size_t need = entry_len + 1 + rel_len + 1;
-    if (need > w->cache_path_cap) {
-        char *b = realloc(w->cache_path, need * 2);
-        if (!b) return -1;
-        w->cache_path = b;
-        w->cache_path_cap = need * 2;
+/* Is `rel` a regular file in the cache entry of package `index`? `entry` is a package dir of a known
+ * package cache (exporter.account.contents accepts no other), opened without following a symlink and
+ * kept open while the files looked up are the same package's; `rel` is resolved beneath it following no
+ * symlink at all (openat2 RESOLVE_NO_SYMLINKS; before Linux 5.6, only the last component is not
+ * followed), so no symlink planted in a cache leads the look-up out of it. */
+static int in_cache(walk_state *w, Py_ssize_t index, const char *rel) {
+    if (w->entry_index != index) {
+        if (w->entry_fd >= 0) close(w->entry_fd);
+        w->entry_fd = open(w->entries[index], O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        w->entry_index = index;
     }
-    memcpy(w->cache_path, entry, entry_len);
-    w->cache_path[entry_len] = '/';
-    memcpy(w->cache_path + entry_len + 1, rel, rel_len + 1);
+    if (w->entry_fd < 0) return 0;
     struct stat st;
-    return fstatat(AT_FDCWD, w->cache_path, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
+    struct open_how how = {.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC, .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS};
+    int fd = (int)syscall(SYS_openat2, w->entry_fd, rel, &how, sizeof how);
+    if (fd < 0) return errno == ENOSYS && fstatat(w->entry_fd, rel, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
+    int regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+    close(fd);
+    return regular;
 }
 
 /* Make w->path the path `len` bytes long already there, then "/" and `name`; its new length, or 0 when
@@ -442,8 +446,7 @@ static int count_file(walk_state *w, int dir_fd, const char *name, const struct 
             w->package_blocks[index] += st->st_blocks;
             /* a single-link file a package installed: a copy if the cache holds it too */
             if (nlink == 1 && S_ISREG(st->st_mode) && !owner->relocated) {
-                int cached = w->entries[index] ? in_cache(w, w->entries[index], w->entry_lens[index], rel, rel_len) : 0;
-                if (cached < 0) return -1;
+                int cached = w->entries[index] ? in_cache(w, index, rel) : 0;
                 if (cached) w->cached_single[index] += blocks;
                 else w->uncached_single[index] += blocks;
             }
@@ -696,8 +699,7 @@ static int load_ownership(walk_state *w, PyObject *files, PyObject *relocated, P
     w->cached_single = calloc(count, sizeof(int64_t));
     w->uncached_single = calloc(count, sizeof(int64_t));
     w->entries = calloc(count, sizeof(char *));
-    w->entry_lens = calloc(count, sizeof(size_t));
-    if (!w->package_blocks || !w->cached_single || !w->uncached_single || !w->entries || !w->entry_lens ||
+    if (!w->package_blocks || !w->cached_single || !w->uncached_single || !w->entries ||
         strmap_init(&w->owned, (size_t)total) < 0) {
         PyErr_NoMemory();
         goto out;
@@ -734,7 +736,6 @@ static int load_ownership(walk_state *w, PyObject *files, PyObject *relocated, P
         }
         Py_DECREF(encoded); /* alive in holder */
         w->entries[i] = PyBytes_AS_STRING(encoded);
-        w->entry_lens[i] = (size_t)PyBytes_GET_SIZE(encoded);
     }
     rc = 0;
 out:
@@ -862,6 +863,8 @@ static PyObject *walker_walk(PyObject *Py_UNUSED(self), PyObject *args) {
         return NULL;
     walk_state w;
     memset(&w, 0, sizeof w);
+    w.entry_fd = -1;
+    w.entry_index = -1;
     w.top = top;
     w.top_len = (size_t)top_len;
     w.dev = dev;
@@ -889,8 +892,7 @@ out:
     free(w.cached_single);
     free(w.uncached_single);
     free(w.entries);
-    free(w.entry_lens);
-    free(w.cache_path);
+    if (w.entry_fd >= 0) close(w.entry_fd);
     while (w.depth) pop_frame(&w);
     free(w.frames);
     free(w.path);

@@ -21,14 +21,29 @@ __all__ = ["PythonWalk"]
 _OPEN_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+_OPEN_STEP_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def _in_cache(entry: str | None, rel: str) -> bool:
-    """Is ``rel`` a regular file in cache entry ``entry`` (a package dir of a known cache)?"""
+    """Is ``rel`` a regular file in cache entry ``entry`` (a package dir of a known cache), reached
+    following no symlink below it (as ``_walker.c``'s ``in_cache`` does with openat2)?"""
     if entry is None:
         return False
+    *dirs, name = rel.split("/")
     try:
-        return stat.S_ISREG(os.lstat(f"{entry}/{rel}").st_mode)
+        fd = os.open(entry, _OPEN_STEP_FLAGS)
     except OSError:
         return False
+    try:
+        for step in dirs:
+            deeper = os.open(step, _OPEN_STEP_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = deeper
+        return stat.S_ISREG(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 class _Frame:
