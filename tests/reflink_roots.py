@@ -63,7 +63,7 @@ def build_reflink_root(root: Path, outside: Path) -> dict[str, Path]:
     * ``copies``: pandas installed as plain copies (link type copy);
     * ``self``: requests reflinked; an untracked file and its reflink copy (shared only inside the env: its
       own cost); two untracked reflink copies of one cache file (shared with the cache too); a reflink of
-      the cache's tarball;
+      the cache's tarball; a file of 100 extents and its reflink (more than one FIEMAP call returns);
     * ``outside``: an untracked file reflinked to a copy outside the root (shared with something unseen);
     * the cache: matplotlib linked nowhere and ``mpl-copy``, a reflinked copy of it (clean alone removes
       both: their shared extents are then freed); scipy, only reflinked, is unreferenced too by conda's rule
@@ -93,6 +93,13 @@ def build_reflink_root(root: Path, outside: Path) -> dict[str, Path]:
     numpy_so = pkgs / BY_NAME["numpy"].dist / next(iter(BY_NAME["numpy"].files))
     reflink(numpy_so, envs["self"] / "share" / "dup-a")
     reflink(numpy_so, envs["self"] / "share" / "dup-b")
+    # more extents than one FIEMAP call returns (64): 100 blocks with holes between, and its reflink
+    fragmented = envs["self"] / "share" / "fragmented"
+    with open(fragmented, "wb") as handle:
+        for i in range(100):
+            handle.seek(i * 3 * 4096)
+            handle.write(os.urandom(4096))
+    reflink(fragmented, envs["self"] / "share" / "fragmented-copy")
     # a tarball (a file of the cache dir itself, in no package dir) reflinked into an env
     reflink(pkgs / f"{BY_NAME['requests'].dist}.conda", envs["self"] / "share" / "downloaded.conda")
     random_file(envs["outside"] / "share" / "kept-elsewhere", 200_000)

@@ -400,6 +400,7 @@ static int64_t map_file(walk_state *w, int dir_fd, const char *name, const struc
             shared += e->fe_length;
         }
         if ((last->fe_flags & FIEMAP_EXTENT_LAST) || fm->fm_mapped_extents < FIEMAP_EXTENTS) break;
+        if (last->fe_logical + last->fe_length <= start) break; /* no progress: never loop on a bad answer */
         start = last->fe_logical + last->fe_length;
     }
     close(fd);

@@ -134,14 +134,16 @@ def shared_extents(dir_fd: int, name: str, st: os.stat_result) -> list[tuple[int
             if not mapped:
                 return found
             flags = 0
+            after = start
             for i in range(mapped):
                 logical, physical, length, flags = _FIEMAP_EXTENT.unpack_from(
                     buffer, _FIEMAP_HEADER.size + i * _FIEMAP_EXTENT.size
                 )
                 if flags & _EXTENT_SHARED and not flags & _EXTENT_UNCOUNTED and length:
                     found.append((physical, length))
-                start = logical + length
-            if flags & _EXTENT_LAST or mapped < _FIEMAP_EXTENTS:
+                after = logical + length
+            if flags & _EXTENT_LAST or mapped < _FIEMAP_EXTENTS or after <= start:  # (no progress: stop)
                 return found
+            start = after
     finally:
         os.close(fd)
