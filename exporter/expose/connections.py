@@ -12,12 +12,12 @@ import socket
 import ssl
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from exporter.expose.app import Response, plain
 from exporter.expose.webguard import ActiveWebConfig
 
-__all__ = ["AnswerError", "Connection", "Limits", "WaitingRoom", "client_key", "encode_response"]
+__all__ = ["AnswerError", "Connection", "Limits", "Step", "WaitingRoom", "client_key", "encode_response"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,15 @@ def client_key(host: str) -> str:
     return str(ip)
 
 
+class Step(NamedTuple):
+    """What a connection's I/O came to: ``wait`` (for its ``want`` event), ``drop`` (the client went away or
+    failed its handshake, or the response is all sent), ``head`` (complete: ``data``), ``answer`` (the loop
+    answers with ``data`` itself)."""
+
+    kind: Literal["wait", "drop", "head", "answer"]
+    data: bytes = b""
+
+
 class Connection:
     """One client connection: its socket (an SSLSocket once the handshake starts), the web config it was
     accepted under, and what the loop knows of it. Used by one thread at a time: the selector thread until
@@ -96,6 +105,7 @@ class Connection:
         self.peer_cert: dict[str, Any] | None = None
         self.closed = False
         self.registered = False  # in the loop's selector
+        self.busy = self.doomed = False  # a step on another thread; to be dropped when it comes back
 
     def receive(self, max_head: int) -> bytes | None:
         """Take the handshake and the head as far as the socket allows: the head (without its blank line)
@@ -123,6 +133,20 @@ class Connection:
             if len(self.head) > max_head:
                 raise AnswerError(encode_response(plain(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
                                                         "request head too long\n"), True))
+
+    def step(self, max_head: int) -> Step:
+        """Take the connection as far as its socket allows, never blocking: the handshake and the head, or the
+        response being sent."""
+        try:
+            if self.out:
+                return Step("drop") if self.send_some() else Step("wait")
+            head = self.receive(max_head)
+        except AnswerError as exc:
+            return Step("answer", exc.answer)
+        except OSError as exc:  # the client went away or failed its handshake: nobody to answer
+            log.debug("dropped a connection: %r", exc)
+            return Step("drop")
+        return Step("wait") if head is None else Step("head", head)
 
     def _handshake(self) -> bool:
         """Advance the TLS handshake; True once done, or once the client turned out to speak plain HTTP."""
