@@ -64,8 +64,8 @@ PROFILES = {
     "large": Profile(1800, 44, (175, 400), 33, 1600, 21),
     # 100 envs (with base) of a medium cache: the shape of the /metrics latency target
     "wide": Profile(700, 99, (40, 120), 21, 1000, 20),
-    # ~9.5M paths: a site's central install with 400 envs of a large cache (shared filers hold such trees)
-    "huge": Profile(2400, 399, (175, 400), 33, 1600, 21),
+    # ~9.5M paths: a site's central install with 300 envs of a large cache (shared filers hold such trees)
+    "huge": Profile(2400, 299, (175, 400), 33, 1600, 21),
 }
 
 
