@@ -37,7 +37,7 @@ def test_a_deeply_nested_state_file_is_refused_not_raised(tmp_path: Path) -> Non
     document["snapshot"]["errors"] = "NESTED"
     nested = '{"__tuple__":[' * DEPTH + "[]" + "]}" * DEPTH  # written as text: json.dumps would recurse too
     state.write_text(json.dumps(document).replace('"NESTED"', nested))
-    assert load_state(str(state), [str(root)]).result == "corrupt"
+    assert load_state(str(state), [str(root)]).result == "too_deep"  # refused before parsing
 
 
 def test_a_failing_step_is_counted_and_the_loop_goes_on() -> None:

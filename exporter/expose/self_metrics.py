@@ -44,10 +44,11 @@ OLDEST_RESULT_HELP = (
 )
 STATE_LOADED = "conda_exporter_state_loaded"
 STATE_LOADED_HELP = (
-    "1 for how loading the state file at start went: ok, missing, corrupt, version (another format) or "
-    "roots (written for other roots); no series without --state.file."
+    "1 for how loading the state file at start went: ok, missing, corrupt (not JSON or not ours), version "
+    "(another format), roots (written for other roots), invalid (a field of the wrong type or out of range), "
+    "too_large or too_deep (refused before parsing); no series without --state.file."
 )
-STATE_RESULTS = ("ok", "missing", "corrupt", "version", "roots")
+STATE_RESULTS = ("ok", "missing", "corrupt", "version", "roots", "invalid", "too_large", "too_deep")
 DAEMON_ERRORS = "conda_exporter_daemon_errors"
 DAEMON_ERRORS_HELP = (
     "Errors the daemon's scheduling loop caught and survived, by kind (startup: retried after a back-off; "
