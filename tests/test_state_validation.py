@@ -168,7 +168,7 @@ def _mutated(key: str, new: object) -> Callable[[Path, Any], None]:
     return write
 
 
-BAD_FILES: dict[str, tuple[str, Callable[[Path, Any], None]]] = {
+BAD_FILES: dict[str, tuple[str, Callable[[Path, Any], object]]] = {
     "string-for-number": ("invalid", _mutated("unique_bytes", "12345")),
     "list-for-object": ("invalid", _mutated("contents", [1])),
     "negative-size": ("invalid", _mutated("shared_bytes", -4096)),
