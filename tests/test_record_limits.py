@@ -182,3 +182,16 @@ def test_an_env_listing_millions_of_files_is_scanned_under_512_mib(
     assert packages == {"base": 1, "hostile": 1, "fine": 1}  # small's record still counts
     assert samples(proc.stdout)["conda_exporter_scan_errors_total"][(("kind", "metadata"),)] == 1
     assert "millions-1.0-0.json" in proc.stderr  # the log line names the record
+
+
+def test_a_symlinked_history_does_not_tell_another_file_s_time(tmp_path: Path) -> None:
+    """conda-meta/history's mtime is the env's last transaction; a symlink there must not report the
+    mtime of a file the env owner points it at (one they may not be able to stat themselves)."""
+    meta = make_env(tmp_path / "env")
+    (meta / "history").unlink()
+    target = tmp_path / "private"
+    target.write_text("")
+    os.utime(target, (1_000_000_000, 1_000_000_000))
+    os.symlink(target, meta / "history")
+    os.utime(meta / "history", (1_500_000_000, 1_500_000_000), follow_symlinks=False)
+    assert read_env_metadata(str(tmp_path / "env")).last_transaction == 1_500_000_000

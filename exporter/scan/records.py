@@ -292,7 +292,7 @@ def read_env_metadata(prefix: str) -> EnvMetadata:
         except OSError as exc:
             errors.append(WalkError(error_kind(exc), meta, exc.strerror or str(exc)))
         try:
-            last = os.stat("history", dir_fd=meta_fd).st_mtime
+            last = os.stat("history", dir_fd=meta_fd, follow_symlinks=False).st_mtime  # a symlink: its own
         except OSError:
             last = None
         finally:
