@@ -116,7 +116,12 @@ class PythonWalk:
         except OSError as exc:
             errors.append(WalkError(error_kind(exc), path, exc.strerror or str(exc)))
             return None
-        opened = os.fstat(fd)
+        try:
+            opened = os.fstat(fd)
+        except OSError as exc:
+            os.close(fd)
+            errors.append(WalkError(error_kind(exc), path, exc.strerror or str(exc)))
+            return None
         if opened.st_dev == dev and opened.st_ino == ino:
             return fd
         os.close(fd)
