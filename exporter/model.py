@@ -113,9 +113,10 @@ class TreeUsage:
     ``hardlinked_files`` those whose inode has ``st_nlink > 1``.
 
     ``extent_*`` (empty where nothing is shared by reflink): one row per extent the walk found flagged
-    shared, its physical start and length in bytes on ``dev`` and the inode holding it when that is
-    hardlinked (else 0). ``reflinked_bytes``: those extents' union, each byte once. ``extent_unique_bytes``:
-    the part of the union counted in ``unique_bytes`` (referenced twice inside the tree, nowhere else).
+    shared (of single-link files; in a package cache, of hardlinked ones too), its physical start and
+    length in bytes on ``dev`` and the inode holding it when that is hardlinked (else 0).
+    ``reflinked_bytes``: those extents' union, each byte once. ``extent_unique_bytes``: the part of the
+    union counted in ``unique_bytes`` (referenced twice inside the tree, nowhere else).
     """
 
     path: str

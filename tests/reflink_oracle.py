@@ -6,7 +6,8 @@ Physical extents are turned into sets of filesystem blocks (Python sets of block
 "count once" below is a set union, not the exporter's sweep over sorted boundaries. The definitions:
 
 * an inode's *own* bytes are ``st_blocks * 512`` less the bytes of its extents flagged shared;
-* a tree's *reflinked* bytes are the blocks any of its inodes references through a shared extent;
+* a tree's *reflinked* bytes are the blocks its single-link files reference through a shared extent (the
+  files an installer reflinked; a hardlinked file whose data is also reflinked elsewhere is a hardlink);
 * a block is a tree's *own* when at least two references to it were seen, all from inodes whose every
   link lies in the tree; any other shared block is *shared* (a single reference means something unseen
   holds the other one);
@@ -146,6 +147,7 @@ class Root:
         members = self.members[name]
         unique = shared = apparent = files = hardlinked = 0
         blocks: set[tuple[int, int]] = set()
+        reflinked: set[tuple[int, int]] = set()
         for key, links in members.items():
             inode = self.inodes[key]
             apparent += inode.size * links
@@ -157,11 +159,13 @@ class Root:
             else:
                 shared += inode.own_bytes()
             blocks |= set(inode.shared)
+            if inode.nlink == 1:
+                reflinked |= set(inode.shared)
         own = {b for b in blocks if self._own(name, b)}
         return TreeFigures(
             unique_bytes=unique + len(own) * self.block,
             shared_bytes=shared + len(blocks - own) * self.block,
-            reflinked_bytes=len(blocks) * self.block,
+            reflinked_bytes=len(reflinked) * self.block,
             apparent_bytes=apparent,
             files=files,
             hardlinked_files=hardlinked,

@@ -92,7 +92,9 @@ def distinct_bytes(usages: Iterable[TreeUsage]) -> int:
     and each byte of their shared extents once.
 
     Private inodes of different trees are distinct by definition; shared ones may be met in several
-    trees and are de-duplicated by ``(dev, ino)``.
+    trees and are de-duplicated by ``(dev, ino)``, each with the fewest blocks a tree gives it: on a
+    filesystem that can reflink, a package cache's walk gives a hardlinked file's blocks less its shared
+    extents (counted in the extent rows), an env's walk all of them.
     """
     usages = list(usages)
     total = extent_total(usages)
@@ -106,7 +108,10 @@ def distinct_bytes(usages: Iterable[TreeUsage]) -> int:
         outside = [t.found < t.nlink for t in tables]
         ino = np.concatenate([t.ino[o] for t, o in zip(tables, outside, strict=True)])
         blocks = np.concatenate([t.blocks[o] for t, o in zip(tables, outside, strict=True)])
-        _, first = np.unique(ino, return_index=True)
+        order = np.lexsort((blocks, ino))  # by inode, then fewest blocks first
+        ino, blocks = ino[order], blocks[order]
+        first = np.ones(len(ino), bool)
+        first[1:] = ino[1:] != ino[:-1]
         total += int(blocks[first].sum()) * BLOCK_SIZE
     return total
 
@@ -143,18 +148,18 @@ def _changed_rows(before: SharedInodes | None, after: SharedInodes | None) -> U6
     return np.concatenate([old_ino[~same], new_ino[added]]).astype(np.uint64, copy=False)
 
 
-def _first_outside_blocks(tables: Iterable[SharedInodes], inodes: U64) -> int:
-    """Sum over ``inodes`` (sorted, unique) of the blocks of the first table row where it is outside."""
-    blocks = np.zeros(inodes.shape[0], np.uint64)
+def _fewest_outside_blocks(tables: Iterable[SharedInodes], inodes: U64) -> int:
+    """Sum over ``inodes`` (sorted, unique) of the fewest blocks a table row where it is outside gives it."""
+    blocks = np.full(inodes.shape[0], np.iinfo(np.uint64).max, np.uint64)
     seen = np.zeros(inodes.shape[0], bool)
     for table in tables:
         if not len(table):
             continue
         pos = np.minimum(np.searchsorted(table.ino, inodes), len(table) - 1)
-        hit = (table.ino[pos] == inodes) & (table.found[pos] < table.nlink[pos]) & ~seen
-        blocks[hit] = table.blocks[pos[hit]]
+        hit = (table.ino[pos] == inodes) & (table.found[pos] < table.nlink[pos])
+        blocks[hit] = np.minimum(blocks[hit], table.blocks[pos[hit]])
         seen |= hit
-    return int(blocks.sum())
+    return int(blocks[seen].sum())
 
 
 def distinct_bytes_update(
@@ -167,8 +172,8 @@ def distinct_bytes_update(
     ``distinct_bytes`` was given them (None: the tree was not there); an unchanged tree is the same
     object twice. Only inodes whose rows differ are looked up in every table. When that is a sizeable
     share of all rows (a new or deleted env on a small root), counting everything again is cheaper.
-    An inode whose ``st_blocks`` differ between tables (modified between two walks) counts with the
-    blocks of the first table holding it, as in :func:`distinct_bytes`.
+    An inode whose blocks differ between tables (modified between two walks, or mapped in one) counts
+    with the fewest, as in :func:`distinct_bytes`.
     Extent rows, where there are any, are totalled afresh before and after (:func:`extent_total`).
     """
     total = before_total
@@ -195,6 +200,6 @@ def distinct_bytes_update(
             continue
         before_tables = [b.shared for b, _ in trees if b is not None and b.dev == dev]
         after_tables = [a.shared for _, a in trees if a is not None and a.dev == dev]
-        gained = _first_outside_blocks(after_tables, inodes) - _first_outside_blocks(before_tables, inodes)
+        gained = _fewest_outside_blocks(after_tables, inodes) - _fewest_outside_blocks(before_tables, inodes)
         total += gained * BLOCK_SIZE
     return total

@@ -43,8 +43,8 @@ METRICS: Definitions[EnvUsage] = {
         lambda e: e.contents.copied_bytes,
     ),
     "conda_env_reflinked_bytes": (
-        "Bytes of the env's data that files share by reflink (XFS, btrfs; cp --reflink, pixi, uv), each "
-        "byte once; 0 where the filesystem cannot reflink.",
+        "Bytes of the env's single-link files that share their data by reflink (copies pixi, uv or "
+        "cp --reflink made on XFS or btrfs), each byte once; 0 where the filesystem cannot reflink.",
         lambda e: e.usage.reflinked_bytes,
     ),
     "conda_env_last_transaction_timestamp_seconds": (

@@ -17,7 +17,7 @@
  *
  * walk(top: bytes, dev: int, ino: int, exclude: iterable[str], cross: bool,
  *      files: sequence[sequence[str]] | None, relocated: sequence[iterable[str]],
- *      cache_entries: sequence[str | None], map_extents: bool) -> WalkResult
+ *      cache_entries: sequence[str | None], map_extents: bool, map_hardlinked: bool) -> WalkResult
  * walks the entries below `top` (the caller has counted `top` itself, and lstat()ed it as (dev, ino):
  * the directory opened must be that one) and returns a WalkResult, a
  * struct sequence (like os.stat_result) read by field name; walk_result_fields below documents each
@@ -28,12 +28,14 @@
  * files None). The package arguments are exporter.scan.walk.Ownership's fields; with files None the
  * walk does no per-path string work.
  *
- * With map_extents (a filesystem that can reflink: exporter.scan.reflink), each regular file of the
- * walk's device is mapped with one FS_IOC_FIEMAP ioctl (hardlinked ones once per inode), on an fd opened
- * from its directory's fd, and the extents flagged shared become rows of ext_start/ext_length/ext_ino
- * (physical byte offset, length, and the inode if hardlinked, else 0); the file's blocks, everywhere but
- * in package_blocks and untracked_blocks, are then its st_blocks less those extents. Extents of unknown
- * place (delayed allocation), inline or encoded (compressed) are left in the blocks, as du counts them.
+ * With map_extents (a filesystem that can reflink: exporter.scan.reflink), each single-link regular
+ * file of the walk's device is mapped with one FS_IOC_FIEMAP ioctl, on an fd opened from its directory's
+ * fd, and the extents flagged shared become rows of ext_start/ext_length/ext_ino (physical byte offset,
+ * length, and the inode if hardlinked, else 0); with map_hardlinked too, so are hardlinked files, once per
+ * inode (a package cache's walk: conda hardlinks its files into envs, where they are not mapped again).
+ * A mapped file's blocks, everywhere but in package_blocks and untracked_blocks, are then its st_blocks
+ * less those extents. Extents of unknown place (delayed allocation), inline or encoded (compressed) are
+ * left in the blocks, as du counts them.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -293,7 +295,7 @@ typedef struct {
     Py_ssize_t packages;
     const char **entries; /* cache entry per package, or NULL */
     int64_t *package_blocks, *cached_single, *uncached_single;
-    int map_extents;
+    int map_extents, map_hardlinked;
     /* counters */
     long long dirs, files, hardlinked, apparent, private_blocks, skipped_mounts;
     long long untracked_files, untracked_blocks;
@@ -408,13 +410,15 @@ static int64_t map_file(walk_state *w, int dir_fd, const char *name, const struc
 }
 
 /* The blocks of the file `name` of `dir_fd` to count: st_blocks, less its shared extents when they are
- * mapped (each hardlinked inode mapped once). -1 when out of memory. */
+ * mapped (a hardlinked inode once, and only with map_hardlinked). -1 when out of memory. */
 static int64_t counted_blocks(walk_state *w, int dir_fd, const char *name, const struct stat *st) {
     int64_t blocks = (int64_t)st->st_blocks;
     if (!w->map_extents || !S_ISREG(st->st_mode) || blocks == 0 || (uint64_t)st->st_dev != w->dev) return blocks;
     int64_t shared;
     if (st->st_nlink == 1) {
         shared = map_file(w, dir_fd, name, st, 0);
+    } else if (!w->map_hardlinked) {
+        return blocks;
     } else if ((shared = u64map_get(&w->mapped_inodes, (uint64_t)st->st_ino)) < 0) {
         shared = map_file(w, dir_fd, name, st, (uint64_t)st->st_ino);
         if (shared >= 0 && u64map_put(&w->mapped_inodes, (uint64_t)st->st_ino, shared) < 0) return -1;
@@ -857,10 +861,10 @@ static PyObject *walker_walk(PyObject *Py_UNUSED(self), PyObject *args) {
     const char *top;
     Py_ssize_t top_len;
     unsigned long long dev, ino;
-    int cross, map_extents;
+    int cross, map_extents, map_hardlinked;
     PyObject *exclude, *files, *relocated, *entries;
-    if (!PyArg_ParseTuple(args, "y#KKOpOOOp", &top, &top_len, &dev, &ino, &exclude, &cross, &files, &relocated,
-                          &entries, &map_extents))
+    if (!PyArg_ParseTuple(args, "y#KKOpOOOpp", &top, &top_len, &dev, &ino, &exclude, &cross, &files, &relocated,
+                          &entries, &map_extents, &map_hardlinked))
         return NULL;
     walk_state w;
     memset(&w, 0, sizeof w);
@@ -872,6 +876,7 @@ static PyObject *walker_walk(PyObject *Py_UNUSED(self), PyObject *args) {
     w.ino = ino;
     w.cross = cross;
     w.map_extents = map_extents;
+    w.map_hardlinked = map_hardlinked;
     w.has_owned = files != Py_None;
     PyObject *result = NULL, *holder = PyList_New(0);
     if (!holder || fill_set(&w.exclude, exclude, holder) < 0) goto out;

@@ -62,5 +62,6 @@ def walk(
     relocated: Sequence[Iterable[str]],
     cache_entries: Sequence[str | None],
     map_extents: bool,
+    map_hardlinked: bool,
     /,
 ) -> WalkResult: ...

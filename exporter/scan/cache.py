@@ -114,7 +114,7 @@ def walk_pkgs_chunk(
     extra_errors: list[WalkError] = []
     tarballs = tarball_bytes = leftover_files_bytes = 0
     if include_top:
-        top = walk_tree(pkgs_dir, exclude=all_package_dirs, cross_filesystems=cross_filesystems)
+        top = walk_tree(pkgs_dir, exclude=all_package_dirs, cross_filesystems=cross_filesystems, map_hardlinked=True)
         merged.dev = top.dev
         merged.merge(top)
         for directory in (pkgs_dir, *levels):
@@ -129,7 +129,7 @@ def walk_pkgs_chunk(
     may_clean: list[bool] = []
     index_cache = os.path.join(pkgs_dir, INDEX_CACHE_DIR)
     for index, package_dir in enumerate(package_dirs):
-        walk = walk_tree(package_dir, cross_filesystems=cross_filesystems)
+        walk = walk_tree(package_dir, cross_filesystems=cross_filesystems, map_hardlinked=True)
         path_package.extend(array("I", [index]) * len(walk.ino))
         extent_package.extend(array("I", [index]) * len(walk.extent_start))
         dir_private.append(walk.private_blocks * BLOCK_SIZE)

@@ -72,10 +72,14 @@ class PythonWalk:
         exclude: frozenset[str],
         cross_filesystems: bool,
         ownership: Ownership | None,
+        *,
         map_extents: bool = False,
+        map_hardlinked: bool = False,
     ) -> None:
         self.result = result
-        self.lister = _Lister(result, exclude, cross_filesystems, ownership, map_extents)
+        self.lister = _Lister(
+            result, exclude, cross_filesystems, ownership, map_extents=map_extents, map_hardlinked=map_hardlinked
+        )
         self.frames: list[_Frame] = []
         self.open_fds = 0
 
@@ -181,10 +185,13 @@ class _Lister:
         exclude: frozenset[str],
         cross_filesystems: bool,
         ownership: Ownership | None,
+        *,
         map_extents: bool,
+        map_hardlinked: bool,
     ) -> None:
         self.result = result
         self.map_extents = map_extents
+        self.map_hardlinked = map_hardlinked
         self.mapped: dict[int, int] = {}  # hardlinked inode -> its shared blocks, once mapped
         self.exclude = exclude
         self.cross = cross_filesystems
@@ -253,8 +260,11 @@ class _Lister:
 
     def _blocks(self, dir_fd: int, name: str, st: os.stat_result) -> int:
         """The blocks to count of the file ``name``: ``st_blocks`` less its extents flagged shared, which
-        become rows (a hardlinked inode mapped once), as ``_walker.c``'s ``counted_blocks``."""
+        become rows (a hardlinked inode once, only with ``map_hardlinked``), as ``_walker.c``'s
+        ``counted_blocks``."""
         if not stat.S_ISREG(st.st_mode) or not st.st_blocks or st.st_dev != self.result.dev:
+            return st.st_blocks
+        if st.st_nlink > 1 and not self.map_hardlinked:
             return st.st_blocks
         shared = self.mapped.get(st.st_ino) if st.st_nlink > 1 else None
         if shared is None:

@@ -86,12 +86,12 @@ class TreeWalk:
     Byte counters are in bytes; ``private_blocks`` and the ``blocks`` column are in 512-byte units
     (``st_blocks``), so allocated bytes are ``blocks * 512``, exactly what ``du -B1`` adds up.
 
-    On a filesystem that can reflink (:mod:`exporter.scan.reflink`) regular files are mapped: each extent
-    flagged shared is a row of the ``extent_*`` columns (physical start and length in bytes, and the
-    inode when hardlinked, else 0; a hardlinked inode is mapped once per walk), and a file's blocks, in
-    ``private_blocks``, ``blocks``, ``cached_single_blocks`` and ``uncached_single_blocks``, are its
-    ``st_blocks`` less those extents (what it holds alone); ``package_blocks`` and ``untracked_blocks``
-    keep ``st_blocks``.
+    On a filesystem that can reflink (:mod:`exporter.scan.reflink`) single-link regular files are mapped
+    (hardlinked ones too, once per inode, in a package cache's walk): each extent flagged shared is a row
+    of the ``extent_*`` columns (physical start and length in bytes, and the inode when hardlinked, else
+    0), and a mapped file's blocks, in ``private_blocks``, ``blocks``, ``cached_single_blocks`` and
+    ``uncached_single_blocks``, are its ``st_blocks`` less those extents (what it holds alone);
+    ``package_blocks`` and ``untracked_blocks`` keep ``st_blocks``.
     """
 
     path: str
@@ -139,6 +139,8 @@ def walk_tree(
     exclude: frozenset[str] = frozenset(),
     cross_filesystems: bool = False,
     ownership: Ownership | None = None,
+    *,
+    map_hardlinked: bool = False,
 ) -> TreeWalk:
     """Walk ``top`` (a directory, itself counted) and everything below it.
 
@@ -159,7 +161,9 @@ def walk_tree(
     ``i``'s paths; and its regular files with a single link that are not relocated add their blocks to
     ``cached_single_blocks[i]`` when the package's cache entry holds a regular file at the same path
     (a copy of it), else to ``uncached_single_blocks[i]``. Without it the walk does no per-path
-    string work. All blocks are 512-byte units. On a filesystem that can reflink, files are mapped (see
+    string work. All blocks are 512-byte units. On a filesystem that can reflink, single-link files are
+    mapped, and with ``map_hardlinked`` (a package cache: the one place each hardlinked file conda installs
+    has a link, so mapped there once, not in every env linking it) hardlinked ones too (see
     :class:`TreeWalk`).
     """
     result = TreeWalk(path=top)
@@ -177,23 +181,38 @@ def walk_tree(
     result.private_blocks = top_stat.st_blocks
     map_extents = can_reflink(top, top_stat.st_dev)
     if _native is not None:
-        _walk_native(result, top_stat.st_ino, exclude, cross_filesystems, ownership, map_extents=map_extents)
+        _walk_native(
+            result, top_stat.st_ino, exclude, cross_filesystems, ownership, map_extents=map_extents,
+            map_hardlinked=map_extents and map_hardlinked,
+        )
     else:
         from exporter.scan.pywalk import PythonWalk  # only where the extension is missing (or a test says so)
 
-        PythonWalk(result, exclude, cross_filesystems, ownership, map_extents).run(top_stat.st_ino)
+        walk = PythonWalk(
+            result, exclude, cross_filesystems, ownership, map_extents=map_extents,
+            map_hardlinked=map_extents and map_hardlinked,
+        )
+        walk.run(top_stat.st_ino)
     return result
 
 
 def _walk_native(
-    result: TreeWalk, ino: int, exclude: frozenset[str], cross: bool, ownership: Ownership | None, *, map_extents: bool
+    result: TreeWalk,
+    ino: int,
+    exclude: frozenset[str],
+    cross: bool,
+    ownership: Ownership | None,
+    *,
+    map_extents: bool,
+    map_hardlinked: bool,
 ) -> None:
     assert _native is not None
     files, relocated, entries = (
         (ownership.files, ownership.relocated, ownership.cache_entries) if ownership else (None, (), ())
     )
     walked = _native.walk(
-        os.fsencode(result.path), result.dev, ino, exclude, cross, files, relocated, entries, map_extents
+        os.fsencode(result.path), result.dev, ino, exclude, cross, files, relocated, entries, map_extents,
+        map_hardlinked,
     )
     result.dirs += walked.dirs
     result.files += walked.files

@@ -113,8 +113,8 @@ def _updated_root_bytes(
     after = root_trees(envs, pkgs, rest)
     if list(after) != [k for k in before if k in after] + [k for k in after if k not in before]:
         return None  # the order changed (an env was renamed into the middle): keep the count exact
-    # Before-trees in their old order, after-trees in their new one (checked above): the first table
-    # holding an inode gives its blocks, as in the totals being updated.
+    # Before-trees in their old order, after-trees in their new one (checked above), each tree paired
+    # with itself; an inode counts with the fewest blocks a table gives it, as in the totals being updated.
     pairs = [(before[k], after.get(k)) for k in before] + [(None, after[k]) for k in after if k not in before]
     return distinct_bytes_update(old_root.bytes, pairs)
 
