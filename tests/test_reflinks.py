@@ -20,10 +20,13 @@ import numpy.typing as npt
 import pytest
 
 from exporter.account.extents import FIXED, extent_groups, extent_total, settle_trees, stale_trees
+from exporter.daemon.state import load_state, save_state
 from exporter.demo import DemoPackage, write_package
-from exporter.model import SharedInodes, TreeUsage
+from exporter.discover.roots import discover_root
+from exporter.model import ScanOptions, SharedInodes, TreeUsage
 from exporter.scan.reflink import BTRFS_MAGIC, XFS_MAGIC, can_reflink, filesystem_type
 from exporter.scan.walk import walk_tree
+from exporter.snapshot.full import full_scan
 from tests.exposition import samples
 from tests.httpwait import fetch, poll
 from tests.oracle import du_apparent_bytes, du_bytes
@@ -322,6 +325,25 @@ def test_the_daemon_keeps_every_number_equal_to_the_oracle(exporter_cmd: list[st
     finally:
         running.proc.terminate()
         running.proc.wait(10)
+
+
+def test_a_saved_state_keeps_the_extent_rows(reflink_root: tuple[Path, dict[str, Path]], tmp_path: Path) -> None:
+    """A warm restart starts from the state file: the extent rows and what they settled must come back."""
+    root, _ = reflink_root
+    snapshot = full_scan([discover_root(str(root), environ={}, home=str(tmp_path))], ScanOptions(1, False, 0, 1e9))
+    save_state(str(tmp_path / "state.json"), [str(root)], snapshot, {})
+    loaded = load_state(str(tmp_path / "state.json"), [str(root)])
+    assert loaded.result == "ok" and loaded.snapshot is not None
+    trees = [(e.usage, f.usage) for e, f in zip(snapshot.envs, loaded.snapshot.envs, strict=True)]
+    trees += [(c.usage, d.usage) for p, q in zip(snapshot.pkgs, loaded.snapshot.pkgs, strict=True)
+              for c, d in zip(p.chunks, q.chunks, strict=True)]
+    assert sum(len(saved.extent_start) for saved, _ in trees) > 0  # not vacuous
+    for saved, back in trees:
+        for column in ("extent_start", "extent_length", "extent_ino"):
+            assert np.array_equal(getattr(saved, column), getattr(back, column)), (saved.path, column)
+        assert (saved.reflinked_bytes, saved.extent_unique_bytes) == (back.reflinked_bytes, back.extent_unique_bytes)
+    for p, q in zip(snapshot.pkgs, loaded.snapshot.pkgs, strict=True):
+        assert all(np.array_equal(c.extent_package, d.extent_package) for c, d in zip(p.chunks, q.chunks, strict=True))
 
 
 # --- what a deletion frees, measured -----------------------------------------------------------------
