@@ -115,8 +115,9 @@ class TreeUsage:
     ``extent_*`` (empty where nothing is shared by reflink): one row per extent the walk found flagged
     shared (of single-link files; in a package cache, of hardlinked ones too), its physical start and
     length in bytes on ``dev`` and the inode holding it when that is hardlinked (else 0).
-    ``reflinked_bytes``: those extents' union, each byte once. ``extent_unique_bytes``: the part of the
-    union counted in ``unique_bytes`` (referenced twice inside the tree, nowhere else).
+    ``reflinked_bytes``: those extents' union, each byte once. ``extent_within_bytes``: the part of it the
+    tree references at least twice; ``extent_unique_bytes``: the part of that counted in ``unique_bytes``
+    (no other tree references it either).
     """
 
     path: str
@@ -134,6 +135,7 @@ class TreeUsage:
     extent_length: U64 = field(default_factory=lambda: np.zeros(0, np.uint64))
     extent_ino: U64 = field(default_factory=lambda: np.zeros(0, np.uint64))
     reflinked_bytes: int = 0
+    extent_within_bytes: int = 0
     extent_unique_bytes: int = 0
 
 

@@ -73,7 +73,8 @@ def _tree(path: str, starts: list[int], lengths: list[int], *, unique: int, shar
     return TreeUsage(
         path=path, dev=1, unique_bytes=unique, shared_bytes=shared, apparent_bytes=0, dirs=1, files=1,
         hardlinked_files=0, skipped_mounts=0, errors=(), shared=SharedInodes.empty(1),
-        extent_start=u64(*starts), extent_length=u64(*lengths), extent_unique_bytes=within,
+        extent_start=u64(*starts), extent_length=u64(*lengths), extent_within_bytes=within,
+        extent_unique_bytes=within,
     )
 
 
@@ -91,6 +92,9 @@ def test_a_piece_referenced_twice_in_a_tree_is_its_own_until_another_tree_refere
     # together: 1000 + 500 unique-by-inode bytes, the union [0,4096) + [8192,12288) once
     assert extent_total([settled_a, settled_b]) == 8192 - 2048
     assert settled_a.unique_bytes + settled_b.unique_bytes + extent_total([settled_a, settled_b]) == 1500 + 8192
+    # b gone (walked again without the row): the bytes move back to a
+    (back,) = settle_trees([settled_a])
+    assert (back.unique_bytes, back.shared_bytes, back.extent_unique_bytes) == (a.unique_bytes, a.shared_bytes, 4096)
 
 
 def test_trees_holding_bytes_that_lost_their_other_references_are_named() -> None:
@@ -341,7 +345,8 @@ def test_a_saved_state_keeps_the_extent_rows(reflink_root: tuple[Path, dict[str,
     for saved, back in trees:
         for column in ("extent_start", "extent_length", "extent_ino"):
             assert np.array_equal(getattr(saved, column), getattr(back, column)), (saved.path, column)
-        assert (saved.reflinked_bytes, saved.extent_unique_bytes) == (back.reflinked_bytes, back.extent_unique_bytes)
+        fields = ("reflinked_bytes", "extent_within_bytes", "extent_unique_bytes")
+        assert [getattr(saved, f) for f in fields] == [getattr(back, f) for f in fields], saved.path
     for p, q in zip(snapshot.pkgs, loaded.snapshot.pkgs, strict=True):
         assert all(np.array_equal(c.extent_package, d.extent_package) for c, d in zip(p.chunks, q.chunks, strict=True))
 

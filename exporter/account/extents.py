@@ -170,6 +170,8 @@ def settle_trees(trees: Sequence[TreeUsage]) -> list[TreeUsage]:
         if len(usage.extent_start):
             by_dev.setdefault(usage.dev, []).append(index)
     for members in by_dev.values():
+        if not any(trees[i].extent_within_bytes for i in members):
+            continue  # (nearly always) no tree references anything twice: none has bytes of its own
         start = np.concatenate([trees[i].extent_start for i in members])
         length = np.concatenate([trees[i].extent_length for i in members])
         owner = np.concatenate([_own_owner(trees[i], i) for i in members])

@@ -83,6 +83,7 @@ def account_tree(walk: TreeWalk) -> TreeUsage:
         unique_bytes=usage.unique_bytes + within,
         shared_bytes=usage.shared_bytes + union - within,
         reflinked_bytes=union,
+        extent_within_bytes=within,
         extent_unique_bytes=within,
     )
 
