@@ -47,16 +47,37 @@ def test_targets_become_due_independently() -> None:
     assert dirty.take_due(1.5) == {OTHER: "state"}
 
 
-def test_a_change_during_a_batch_marks_the_batch_again() -> None:
+def test_a_change_during_a_batch_requeues_only_the_changed_target() -> None:
     dirty = DirtyTargets(debounce=1.0)
     dirty.mark(ENV, "event", now=0.0)
-    batch = dirty.take_due(1.0)
+    assert dirty.take_due(1.0) == {ENV: "event"}
     dirty.begin_batch()
     dirty.mark(ROOT, "event", now=1.5)  # elsewhere, while the batch's walks run
-    dirty.end_batch(batch, now=2.0)
-    assert ENV in dirty and ROOT in dirty
+    dirty.end_batch(walked={"/r/envs/a", "/r/pkgs"})
+    assert ROOT in dirty and ENV not in dirty  # the batch is not queued again
     assert dirty.take_due(2.5) == {ROOT: "event"}
-    assert dirty.take_due(3.0) == {ENV: "event"}  # marked again when the batch ended
+    assert dirty.take_due(10.0) == {}
+    # what the batch walked may have seen part of ROOT's change: ROOT's rescan gets it as suspects, once
+    assert dirty.take_suspects({ROOT: "event"}) == {"/r/envs/a", "/r/pkgs"}
+    assert dirty.take_suspects({ROOT: "event"}) == frozenset()
+
+
+def test_churn_elsewhere_never_requeues_a_finished_batch() -> None:
+    """The fault: every event during a batch queued the whole batch again, so a batch holding a vanished env
+    (rescanned with a walk of its whole cache) ran again and again while another env kept changing."""
+    dirty = DirtyTargets(debounce=1.0)
+    vanished = Target("env", "/r/envs/gone", "/r")
+    dirty.mark(vanished, "event", now=0.0)
+    now, batches = 1.0, []
+    for _ in range(10):
+        batch = dirty.take_due(now)
+        batches.append(set(batch))
+        dirty.begin_batch()
+        dirty.mark(OTHER, "event", now=now + 0.5)  # churn: OTHER changes during every batch
+        dirty.end_batch(walked={t.path for t in batch})
+        now += 2.0
+    assert sum(vanished in b for b in batches) == 1
+    assert all(b == {OTHER} for b in batches[1:])
 
 
 def test_a_quiet_batch_is_not_marked_again() -> None:
@@ -64,10 +85,11 @@ def test_a_quiet_batch_is_not_marked_again() -> None:
     dirty.mark(ENV, "event", now=0.0)
     batch = dirty.take_due(1.0)
     dirty.begin_batch()
-    dirty.end_batch(batch, now=2.0)
+    dirty.end_batch(walked={t.path for t in batch})
     assert len(dirty) == 0
     dirty.mark(OTHER, "event", now=3.0)  # after the batch: no effect on the finished batch
     assert ENV not in dirty
+    assert dirty.take_suspects({OTHER: "event"}) == frozenset()
 
 
 def test_a_target_changed_again_during_its_batch_keeps_its_later_time() -> None:
@@ -76,5 +98,24 @@ def test_a_target_changed_again_during_its_batch_keeps_its_later_time() -> None:
     batch = dirty.take_due(1.0)
     dirty.begin_batch()
     dirty.mark(ENV, "event", now=5.0)
-    dirty.end_batch(batch, now=2.0)
+    dirty.end_batch(walked={t.path for t in batch})
     assert dirty.next_due() == 6.0
+
+
+def test_a_full_scan_drops_earlier_suspects() -> None:
+    dirty = DirtyTargets(debounce=1.0)
+    dirty.begin_batch()
+    dirty.mark(ROOT, "event", now=0.5)
+    dirty.end_batch(walked={"/r/envs/a"})
+    dirty.begin_batch()  # a reconcile: everything walked again, ROOT not changing meanwhile
+    dirty.end_batch(walked={"/r/envs/a", "/r/envs/b"}, full=True)
+    assert dirty.take_suspects({ROOT: "event"}) == frozenset()
+    assert ROOT in dirty  # still to rescan: a full scan does not take marks away by itself
+
+
+def test_pending_tells_a_trigger_apart() -> None:
+    dirty = DirtyTargets(debounce=1.0)
+    dirty.mark(ENV, "state", now=0.0)
+    assert dirty.pending("state") and not dirty.pending("event")
+    dirty.take_due(1.0)
+    assert not dirty.pending("state")

@@ -17,7 +17,7 @@ import pytest
 
 import exporter.account.links
 import exporter.snapshot.assemble
-from exporter.daemon.incremental import rescan
+from exporter.daemon.incremental import rediscover, rescan
 from exporter.daemon.targets import Target, fingerprints, watch_specs
 from exporter.discover.roots import RootLayout, discover_root
 from exporter.expose.exposition import ExpositionCache
@@ -69,10 +69,9 @@ def test_random_operations_keep_every_number_equal_to_the_oracle(
         prints = fingerprints(watch_specs(layouts.values()).values())
         done.append(random_operation(rng, root, counter))
         targets = changed_targets(prints, fingerprints(watch_specs(layouts.values()).values()))
-        snapshot, layouts = rescan(
-            snapshot, targets, roots=[str(root)], current=layouts,
-            discover=lambda r, _layouts: discover_root(r), options=OPTIONS, started=time.monotonic(),
-        )
+        layouts = rediscover(targets, [str(root)], layouts, lambda r, _layouts: discover_root(r))
+        snapshot = rescan(snapshot, targets, roots=[str(root)], layouts=layouts, options=OPTIONS,
+                          started=time.monotonic()).snapshot
         assert mismatches(exposition(snapshot), root) == [], done
         # what deleting envs frees depends on every tree: after the change it must be what a fresh scan says
         fresh = full_scan(list(layouts.values()), OPTIONS).reclaim
@@ -96,8 +95,8 @@ def test_a_file_deleted_by_hand_frees_its_cache_twin(tmp_path: Path, monkeypatch
                   and p.lstat().st_ino in cache_inodes and p.lstat().st_blocks)
     env = root / "envs" / victim.relative_to(root / "envs").parts[0]
     victim.unlink()
-    snapshot, layouts = rescan(
-        snapshot, {Target("env", str(env), str(root))}, roots=[str(root)], current=layouts,
-        discover=lambda r, _layouts: discover_root(r), options=OPTIONS, started=time.monotonic(),
-    )
+    targets = {Target("env", str(env), str(root))}
+    layouts = rediscover(targets, [str(root)], layouts, lambda r, _layouts: discover_root(r))
+    snapshot = rescan(snapshot, targets, roots=[str(root)], layouts=layouts, options=OPTIONS,
+                      started=time.monotonic()).snapshot
     assert mismatches(exposition(snapshot), root) == [], victim

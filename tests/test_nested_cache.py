@@ -21,7 +21,7 @@ import exporter.daemon.incremental
 import exporter.scan.walk
 from exporter import cli
 from exporter.account.trees import measure_cache, remeasure_chunk
-from exporter.daemon.incremental import rescan
+from exporter.daemon.incremental import rediscover, rescan
 from exporter.daemon.targets import Target, WatchSpec, fingerprints, watch_specs
 from exporter.discover.roots import RootLayout, discover_root
 from exporter.expose.exposition import ExpositionCache
@@ -256,10 +256,9 @@ def test_incremental_rescans_follow_the_nested_cache(tmp_path: Path, monkeypatch
         targets = changed(before, fingerprints(watch_specs(layouts.values()).values()))
         if "extract" in what or "clean" in what:  # a change below a channel/platform dir is the cache's
             assert Target("pkgs", str(root / "pkgs"), str(root)) in targets, what
-        snapshot, layouts = rescan(
-            snapshot, targets, roots=[str(root)], current=layouts,
-            discover=lambda r, _layouts: discover_root(r), options=OPTIONS, started=time.monotonic(),
-        )
+        layouts = rediscover(targets, [str(root)], layouts, lambda r, _layouts: discover_root(r))
+        snapshot = rescan(snapshot, targets, roots=[str(root)], layouts=layouts, options=OPTIONS,
+                          started=time.monotonic()).snapshot
         text = exposition(snapshot)
         assert every_mismatch(text, root) == [], what
         fresh = full_scan(list(layouts.values()), OPTIONS)

@@ -7,6 +7,8 @@ the rule testable without threads or sleeps.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from exporter.daemon.targets import Target
 
 __all__ = ["DirtyTargets"]
@@ -16,16 +18,20 @@ class DirtyTargets:
     """Targets marked changed, each with the time of its last change and what noticed it.
 
     A target is *due* once ``debounce`` seconds passed since its last change. While a batch is being
-    rescanned (between :meth:`begin_batch` and :meth:`end_batch`), a new change anywhere means a walk
-    of the batch may have seen part of it: the batch's targets are then marked again, so link deltas
-    are never applied on top of a walk that saw them.
+    rescanned (between :meth:`begin_batch` and :meth:`end_batch`), only the targets marked meanwhile are
+    due again later; the trees the batch walked become *suspects* of each of them: a walk may have seen
+    part of that change, so when the changed target is rescanned (:meth:`take_suspects`), a suspect whose
+    inodes its link delta touches is walked again instead of taking the delta twice
+    (:func:`exporter.daemon.incremental.rescan`). A batch is never queued again as a whole: under churn
+    elsewhere that rescanned the same, possibly vanished, trees over and over.
     """
 
     def __init__(self, debounce: float) -> None:
         self.debounce = debounce
         self._changed: dict[Target, tuple[float, str]] = {}  # target -> (last change, trigger)
         self._busy = False
-        self._changed_while_busy = False
+        self._changed_while_busy: set[Target] = set()
+        self._suspects: dict[Target, set[str]] = {}  # changed target -> trees walked while it changed
 
     def __len__(self) -> int:
         return len(self._changed)
@@ -39,7 +45,11 @@ class DirtyTargets:
         if restart or target not in self._changed:
             self._changed[target] = (now, trigger)
         if self._busy:
-            self._changed_while_busy = True
+            self._changed_while_busy.add(target)
+
+    def pending(self, trigger: str) -> bool:
+        """Whether a target marked by ``trigger`` waits to be rescanned."""
+        return any(t == trigger for _, t in self._changed.values())
 
     def next_due(self) -> float:
         """When the earliest pending target becomes due; infinity when none is pending."""
@@ -53,12 +63,24 @@ class DirtyTargets:
     def begin_batch(self) -> None:
         """A rescan starts."""
         self._busy = True
-        self._changed_while_busy = False
+        self._changed_while_busy = set()
 
-    def end_batch(self, batch: dict[Target, str], now: float) -> None:
-        """The rescan of ``batch`` ended at ``now``: mark its targets again if anything changed
-        meanwhile (a target marked meanwhile keeps its own, later time)."""
+    def end_batch(self, walked: Iterable[str], full: bool = False) -> None:
+        """The rescan ended, having walked the trees ``walked`` (env prefixes, cache dirs); ``full``: it
+        walked everything, so earlier suspects are moot. Each target marked meanwhile (still pending, with
+        its own time) gets ``walked`` as suspects."""
         self._busy = False
-        if self._changed_while_busy:
-            for target, trigger in batch.items():
-                self._changed.setdefault(target, (now, trigger))
+        if full:
+            self._suspects.clear()
+        walked = frozenset(walked)
+        if walked:
+            for target in self._changed_while_busy:
+                self._suspects.setdefault(target, set()).update(walked)
+        self._changed_while_busy = set()
+
+    def take_suspects(self, batch: Iterable[Target]) -> frozenset[str]:
+        """Remove and return the suspects of the targets of ``batch`` (see the class doc)."""
+        found: set[str] = set()
+        for target in batch:
+            found |= self._suspects.pop(target, set())
+        return frozenset(found)

@@ -121,6 +121,13 @@ class ChangeDetector:
                 self._site_dirs.pop(prefix, None)
                 self._levels.pop(prefix, None)
 
+    def rewatch(self, layouts: list[RootLayout], changed: Iterable[Target] | None) -> dict[Target, Fingerprint]:
+        """Before walking ``layouts``: forget what ``changed`` targets may have changed (None: everything),
+        watch what the layouts need, and return every target's fingerprint, taken before the walks."""
+        self.forget(None if changed is None else (target.path for target in changed))
+        self.sync(layouts)
+        return self.prints(layouts)
+
     def sync(self, layouts: Iterable[RootLayout]) -> None:
         """Watch what ``layouts`` need (inotify mode); falls back to polling when the kernel refuses."""
         if self.mode == "inotify":
@@ -135,11 +142,13 @@ class ChangeDetector:
         self._store.update_watch(watches=self._watcher.count if self._watcher else 0)
 
     def poll(self, layouts: Iterable[RootLayout], published: Mapping[Target, Fingerprint]) -> None:
-        """Report every target whose fingerprint differs from ``published`` (a target gone: its root)."""
-        # Re-listed every poll: without inotify, a site-packages dir that appears without a conda
-        # transaction (pip --prefix from another interpreter) is seen no other way. A cache's
+        """Report every target whose fingerprint differs from ``published`` (a target gone: its root).
+        In inotify mode this is the periodic check of what no watch sees (an env's top-level dirs)."""
+        # Re-listed every poll in poll mode: without inotify, a site-packages dir that appears without a
+        # conda transaction (pip --prefix from another interpreter) is seen no other way. A cache's
         # channel/platform dirs are not: a new one changes a dir whose stamp is compared already.
-        self._site_dirs.clear()
+        if self.mode == "poll":
+            self._site_dirs.clear()
         now = self.prints(layouts)
         for target, stamp in now.items():
             if published.get(target) != stamp:

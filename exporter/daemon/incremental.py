@@ -6,7 +6,13 @@
 * a root target re-discovers the root: new envs are scanned, removed ones dropped, ``envs/`` rewalked;
 * every tree *not* rescanned is re-accounted without walking it, from the change in links per inode
   of the rescanned trees (:func:`exporter.account.delta.link_delta`); the results are assembled into a Snapshot as a
-  full scan's are, with totals updated from the change (:func:`exporter.snapshot.assemble.assemble`).
+  full scan's are, with totals updated from the change (:func:`exporter.snapshot.assemble.assemble`);
+* a *suspect* tree (one walked while a change was under way elsewhere: its walk may already have seen links
+  that the change's delta would then count a second time) is walked again instead, but only when the delta
+  touches one of its inodes.
+
+Re-discovery (:func:`rediscover`) is a step of its own, so that the daemon can watch a new env before
+its first walk: a change made after the walk is then always reported.
 """
 
 from __future__ import annotations
@@ -14,16 +20,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-from exporter.account.delta import apply_link_delta, link_delta
+import numpy as np
+
+from exporter.account.delta import LinkDelta, apply_link_delta, link_delta
 from exporter.account.trees import measure_cache, measure_env, measure_rest, remeasure_chunk
 from exporter.daemon.targets import Target
 from exporter.discover.roots import RootLayout
-from exporter.model import EnvUsage, PkgsChunk, ScanOptions, Snapshot, TreeUsage, WalkError
+from exporter.model import EnvUsage, PkgsChunk, ScanOptions, SharedInodes, Snapshot, TreeUsage, WalkError
 from exporter.snapshot.assemble import CacheParts, RootParts, assemble
 
-__all__ = ["rescan"]
+__all__ = ["Rescanned", "rediscover", "rescan"]
 
 log = logging.getLogger(__name__)
 
@@ -57,25 +65,55 @@ def _touched_entries(
     return touched
 
 
+def rediscover(
+    targets: set[Target],
+    roots: list[str],
+    current: dict[str, RootLayout],
+    discover: Callable[[str, dict[str, RootLayout]], RootLayout],
+) -> dict[str, RootLayout]:
+    """``current`` with each root that a root target of ``targets`` names discovered again (``""``, the
+    envs outside any root, last: it needs the others)."""
+    layouts = dict(current)
+    for root in sorted({t.root for t in targets if t.kind == "root" and t.root in roots}, key=lambda r: r == ""):
+        layouts[root] = discover(root, layouts)
+    return layouts
+
+
+@dataclass(frozen=True)
+class Rescanned:
+    """A rescan's result; ``walked``: the env prefixes and cache dirs walked (wholly or a chunk)."""
+
+    snapshot: Snapshot
+    walked: frozenset[str]
+
+
+def _touches(table: SharedInodes, deltas: dict[int, LinkDelta]) -> bool:
+    """Whether ``deltas`` change the links of an inode of ``table`` (sorted by inode)."""
+    delta = deltas.get(table.dev)
+    if delta is None or not len(table) or not len(delta.ino):
+        return False
+    pos = np.minimum(np.searchsorted(table.ino, delta.ino), len(table) - 1)
+    return bool(np.any(table.ino[pos] == delta.ino))
+
+
 def rescan(
     old: Snapshot,
     targets: set[Target],
     *,
     roots: list[str],
-    current: dict[str, RootLayout],
-    discover: Callable[[str, dict[str, RootLayout]], RootLayout],
+    layouts: dict[str, RootLayout],
     options: ScanOptions,
     started: float,
-) -> tuple[Snapshot, dict[str, RootLayout]]:
-    """Rescan ``targets`` of ``old`` and re-account every other tree; the new Snapshot and layouts.
+    suspect: frozenset[str] = frozenset(),
+) -> Rescanned:
+    """Rescan ``targets`` of ``old`` and re-account every other tree.
 
-    ``current`` are the layouts ``old`` was made with; ``discover`` re-discovers one root (``""``, the
-    envs outside any root, last, as it needs the others); ``started`` is a ``time.monotonic()``.
+    ``layouts`` are the layouts now, the roots named by root targets re-discovered already
+    (:func:`rediscover`); ``started`` is a ``time.monotonic()``. ``suspect``: env prefixes and cache dirs
+    whose last walk ran while a change elsewhere was under way; each is walked again (an env whole, a
+    cache by the chunks concerned) where the link delta touches it, instead of taking the delta.
     """
-    rediscover = {t.root for t in targets if t.kind == "root" and t.root in roots}
-    layouts = dict(current)
-    for root in sorted(rediscover, key=lambda r: r == ""):  # "" last: it needs the others
-        layouts[root] = discover(root, layouts)
+    rediscovered = {t.root for t in targets if t.kind == "root" and t.root in roots}
     envs_now = {e.prefix: e for r in roots for e in layouts[r].envs}
     old_envs = {e.prefix: e for e in old.envs}
     rescan_envs = {t.path for t in targets if t.kind == "env" and t.path in envs_now}
@@ -103,16 +141,19 @@ def rescan(
     old_tables = [c.usage.shared for d in new_pkgs if d in old_pkgs for c in old_pkgs[d].chunks]
     new_tables = [c.usage.shared for chunks in new_pkgs.values() for c in chunks]
     replaced: dict[str, dict[int, PkgsChunk]] = {}  # cache -> chunk index -> the chunk walked again
+
+    def walk_chunk(pkgs_dir: str, i: int) -> None:
+        before_chunk = old_pkgs[pkgs_dir].chunks[i]
+        after_chunk = remeasure_chunk(before_chunk, options)
+        replaced.setdefault(pkgs_dir, {})[i] = after_chunk
+        old_tables.append(before_chunk.usage.shared)
+        new_tables.append(after_chunk.usage.shared)
+
     for (_root, pkgs_dir), indexes in sorted(partial.items()):
-        if pkgs_dir in new_pkgs:
-            continue
-        for i in sorted(indexes):
-            before_chunk = old_pkgs[pkgs_dir].chunks[i]
-            after_chunk = remeasure_chunk(before_chunk, options)
-            replaced.setdefault(pkgs_dir, {})[i] = after_chunk
-            old_tables.append(before_chunk.usage.shared)
-            new_tables.append(after_chunk.usage.shared)
-    new_rest = {r: measure_rest(layouts[r], options) for r in sorted(rediscover)}
+        if pkgs_dir not in new_pkgs:
+            for i in sorted(indexes):
+                walk_chunk(pkgs_dir, i)
+    new_rest = {r: measure_rest(layouts[r], options) for r in sorted(rediscovered)}
     old_rest = dict(old.rest)
 
     old_tables += [old_envs[p].usage.shared for p in rescan_envs | removed_envs if p in old_envs]
@@ -120,6 +161,21 @@ def rescan(
     new_tables += [e.usage.shared for e in new_envs.values()]
     new_tables += [u.shared for u in new_rest.values() if u is not None]
     deltas = link_delta(old_tables, new_tables)
+    while suspect and deltas:  # walk suspects the delta touches, until the delta touches no other
+        walk_envs = sorted(p for p in suspect if p in envs_now and p in old_envs and p not in new_envs
+                           and _touches(old_envs[p].usage.shared, deltas))
+        walk_chunks = sorted((d, i) for d in suspect if d in old_pkgs and d not in new_pkgs
+                             for i, c in enumerate(old_pkgs[d].chunks)
+                             if i not in replaced.get(d, {}) and _touches(c.usage.shared, deltas))
+        if not walk_envs and not walk_chunks:
+            break
+        for prefix in walk_envs:
+            new_envs[prefix] = measure_env(envs_now[prefix], options)
+            old_tables.append(old_envs[prefix].usage.shared)
+            new_tables.append(new_envs[prefix].usage.shared)
+        for pkgs_dir, i in walk_chunks:
+            walk_chunk(pkgs_dir, i)
+        deltas = link_delta(old_tables, new_tables)
 
     def settle(usage: TreeUsage) -> TreeUsage:
         return apply_link_delta(usage, deltas) if deltas else usage
@@ -160,4 +216,4 @@ def rescan(
         len(new_envs), len(new_pkgs), sum(map(len, replaced.values())), len(new_rest), len(removed_envs),
         snapshot.duration_seconds,
     )
-    return snapshot, layouts
+    return Rescanned(snapshot, frozenset(new_envs) | frozenset(new_pkgs) | frozenset(replaced))

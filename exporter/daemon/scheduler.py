@@ -4,9 +4,13 @@ One worker thread owns the state (the latest Snapshot and the root layouts). Cha
 (:mod:`exporter.daemon.detect`, inotify or polling) marks *targets* dirty; once a target's burst of
 changes has been quiet for ``debounce`` seconds (:mod:`exporter.daemon.debounce`), the worker rescans
 the dirty targets together as one batch (:func:`exporter.daemon.incremental.rescan`: only changed
-trees are walked, the others re-accounted), and the new immutable Snapshot is published whole. A
-reconcile full scan (low priority, worker processes) runs every ``reconcile_interval`` seconds and
-after a kernel queue overflow.
+trees are walked, the others re-accounted), and the new immutable Snapshot is published whole. New
+dirs are watched before they are first walked, so no change after a walk goes unseen. A reconcile
+full scan (low priority, worker processes) runs every ``reconcile_interval`` seconds, after a kernel
+queue overflow, and after a warm start (loaded numbers count as verified only once it confirmed them).
+Fingerprints are compared every ``poll_interval`` seconds in either mode: in poll mode that is the
+change detection; with inotify it catches what no watch sees (a file added in an env's top-level
+dirs, e.g. ``share/``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from exporter.daemon.debounce import DirtyTargets
 from exporter.daemon.detect import ChangeDetector
 from exporter.daemon.discovery import RootSet
 from exporter.daemon.guard import guarded, retry_startup, run_guarded
-from exporter.daemon.incremental import rescan
+from exporter.daemon.incremental import rediscover, rescan
 from exporter.daemon.targets import Target
 from exporter.daemon.warm import PublishedState
 from exporter.discover.roots import Discovery, RootLayout
@@ -72,6 +76,18 @@ def reconcile_options(options: ScanOptions) -> ScanOptions:
 def due_after(interval: float) -> float:
     """The monotonic time ``interval`` seconds from now; never (inf) for an interval of 0, which disables."""
     return time.monotonic() + interval if interval > 0 else inf
+
+
+def in_order(layouts: dict[str, RootLayout], roots: list[str]) -> list[RootLayout]:
+    """The layouts of ``roots`` that ``layouts`` holds, in the order of ``roots``."""
+    return [layouts[r] for r in roots if r in layouts]
+
+
+def failed(store: SnapshotStore, trigger: str, started: float, message: str) -> frozenset[str]:
+    """Log ``message`` with the exception being handled and count a failed scan; nothing was walked."""
+    log.exception(message)
+    store.record_failure(trigger, time.monotonic() - started)
+    return frozenset()
 
 
 class Daemon:
@@ -138,14 +154,11 @@ class Daemon:
             self.published.save(self.roots)
         return stopped
 
-    def _layouts(self) -> list[RootLayout]:
-        return [self.layouts[r] for r in self.roots if r in self.layouts]
-
     def _startup(self) -> None:
         self.detector.start(self.roots)
         self.layouts = self.rootset.discover_all()
-        self.detector.sync(self._layouts())  # before the startup scan, so no change after it goes unseen
-        changed = self.published.load(self.roots, self.detector.prints(self._layouts()))
+        prints = self.detector.rewatch(in_order(self.layouts, self.roots), None)  # watched before any walk
+        changed = self.published.load(self.roots, prints)
         if changed is None:
             self._full_scan("startup", self.options)
         for target in changed or ():
@@ -160,66 +173,67 @@ class Daemon:
             guarded("loop", self._step, self.store, self._stop)
 
     def _step(self) -> None:
-        """One turn of the loop: poll if due, then wait for or run one batch or reconcile."""
-        polling = self.detector.mode == "poll"
-        if polling and time.monotonic() >= self._next_poll:
+        """One turn of the loop: compare fingerprints if due, then wait for or run one batch or reconcile."""
+        if time.monotonic() >= self._next_poll:
             self._next_poll = due_after(self.config.poll_interval)
-            self.detector.poll(self._layouts(), self.published.prints)
+            self.detector.poll(in_order(self.layouts, self.roots), self.published.prints)
         with self._cond:
             now = time.monotonic()
             batch = self._dirty.take_due(now)
-            reconcile = self._reconcile_requested or now >= self._next_reconcile
+            # after a warm start: the targets changed meanwhile first, then the scan that confirms the rest
+            verify = self.published.verify_pending and not batch and not self._dirty.pending("state")
+            reconcile = self._reconcile_requested or now >= self._next_reconcile or verify
             if not batch and not reconcile:
-                wake = min(self._dirty.next_due(), self._next_reconcile, self._next_poll if polling else inf)
+                wake = min(self._dirty.next_due(), self._next_reconcile, self._next_poll)
                 if wake > now:
                     self._cond.wait(min(wake - now, 3600.0))
                 return
             self._reconcile_requested = False
+            suspect = frozenset() if reconcile else self._dirty.take_suspects(batch)
             self._dirty.begin_batch()
+        walked: frozenset[str] = frozenset()
         try:
             if reconcile:  # a full scan covers the batch too
                 self._next_reconcile = due_after(self.config.reconcile_interval)
-                self._full_scan("reconcile", reconcile_options(self.options))
+                walked = self._full_scan("reconcile", reconcile_options(self.options))
             else:
-                self._batch(batch)
+                walked = self._batch(batch, suspect)
             self.published.maybe_save(self.roots)
         finally:
             with self._cond:
-                self._dirty.end_batch({} if reconcile else batch, time.monotonic())
+                self._dirty.end_batch(walked, full=reconcile and bool(walked))
 
-    def _full_scan(self, trigger: str, options: ScanOptions) -> None:
+    def _full_scan(self, trigger: str, options: ScanOptions) -> frozenset[str]:
+        """Scan everything and publish it; the env prefixes and cache dirs walked (none if it failed)."""
         started = time.monotonic()
+        self.published.verify_pending = False  # a failed confirmation is retried by the next reconcile
         try:
             self.layouts = self.rootset.discover_all()
-            self.detector.forget()
-            prints = self.detector.prints(self._layouts())
-            snapshot = full_scan(self._layouts(), options)
+            prints = self.detector.rewatch(in_order(self.layouts, self.roots), None)
+            snapshot = full_scan(in_order(self.layouts, self.roots), options)
         except Exception:  # a bug must not kill the daemon: count it, keep serving the old snapshot
-            log.exception("%s scan failed", trigger)
-            self.store.record_failure(trigger, time.monotonic() - started)
-            return
+            return failed(self.store, trigger, started, f"{trigger} scan failed")
         self.store.publish(snapshot, trigger)
         self.published.scanned_all(prints)
-        self.detector.sync(self._layouts())
         log.info("%s scan of %d root(s), %d env(s) done in %.2f s with %d error(s)", trigger, len(snapshot.roots),
                  len(snapshot.envs), snapshot.duration_seconds, len(snapshot.errors))
+        return frozenset(e.prefix for e in snapshot.envs) | frozenset(p.path for p in snapshot.pkgs)
 
-    def _batch(self, batch: dict[Target, str]) -> None:
+    def _batch(self, batch: dict[Target, str], suspect: frozenset[str]) -> frozenset[str]:
+        """Rescan ``batch`` and publish the result; the env prefixes and cache dirs walked."""
         trigger = next((t for t in ("state", "poll") if t in batch.values()), "event")
         started, old = time.monotonic(), self.store.snapshot
         if old is None:
-            return  # nothing published yet to rescan from: the startup or next reconcile scan covers it
-        self.detector.forget(target.path for target in batch)
-        prints = self.detector.prints(self._layouts())
+            return frozenset()  # nothing published yet to rescan from: the startup or next reconcile scan covers it
         try:
-            snapshot, self.layouts = rescan(
-                old, set(batch), roots=self.roots, current=self.layouts, discover=self.rootset.discover,
-                options=self.options, started=started,
-            )
+            layouts = rediscover(set(batch), self.roots, self.layouts, self.rootset.discover)
+            # a new env is watched before its first walk: no change after the walk can be lost
+            prints = self.detector.rewatch(in_order(layouts, self.roots), batch)
+            result = rescan(old, set(batch), roots=self.roots, layouts=layouts, options=self.options,
+                            started=started, suspect=suspect)
         except Exception:
-            log.exception("%s rescan of %s failed", trigger, sorted(t.path for t in batch))
-            self.store.record_failure(trigger, time.monotonic() - started)
-            return
-        self.store.publish(snapshot, trigger)
+            return failed(self.store, trigger, started, f"{trigger} rescan of {sorted(t.path for t in batch)} failed")
+        self.layouts = layouts
+        self.store.publish(result.snapshot, trigger, verified=not self.published.unverified)
         self.published.rescanned(batch, prints)
-        self.detector.sync(self._layouts())
+        return result.walked

@@ -15,7 +15,7 @@ package cache to rescan, or a root to re-discover. The same map drives inotify
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,6 +33,7 @@ __all__ = [
     "fingerprints",
     "site_packages_dirs",
     "stamp",
+    "top_stamps",
     "watch_specs",
 ]
 
@@ -152,18 +153,35 @@ Fingerprint = tuple[tuple[int, int], ...]
 """A target's ``(mtime_ns, ino)`` stamps, one per watched dir (see :func:`fingerprints`)."""
 
 
+def top_stamps(prefix: str, skip: Container[str]) -> list[tuple[int, int]]:
+    """``(mtime_ns, ino)`` of the env dir ``prefix`` and of each directory directly in it (not symlinks),
+    by name, leaving out the paths in ``skip`` (watched for something else: a base env's ``envs/``,
+    ``pkgs/``). A file added, removed or renamed directly in one of them changes its stamp; one deeper
+    down (``share/doc/x``) does not. ``[]`` when ``prefix`` cannot be listed."""
+    try:
+        with os.scandir(prefix) as entries:
+            dirs = sorted((e.name, e.path) for e in entries if e.is_dir(follow_symlinks=False) and e.path not in skip)
+    except OSError:
+        return []
+    return [stamp(prefix) if prefix not in skip else (0, 0), *(stamp(path) for _, path in dirs)]
+
+
 def fingerprints(specs: Iterable[WatchSpec]) -> dict[Target, Fingerprint]:
-    """Poll-mode fingerprints: per target, ``(mtime_ns, ino)`` of its watched dirs (and of each env's
-    ``conda-meta/history``). A changed fingerprint means the target changed. Cost: one ``lstat`` per
-    watched dir, ~5 µs each."""
+    """Per target, ``(mtime_ns, ino)`` of its watched dirs, and for an env also of ``conda-meta/history``
+    and of its top-level dirs (:func:`top_stamps`: what no watch sees). A changed fingerprint means the
+    target changed. Cost: one ``lstat`` per watched dir and per top-level dir of an env (~5 µs each),
+    and one listing of each env dir."""
+    specs = sorted(specs, key=lambda s: s.path)
+    watched = {spec.path for spec in specs if spec.role in ("root", "envs", "pkgs", "candidate")}
     stamps: dict[Target, list[tuple[int, int]]] = {}
-    for spec in sorted(specs, key=lambda s: s.path):
+    for spec in specs:
         here = stamp(spec.path)
         for target in spec.targets(""):
             stamps.setdefault(target, []).append(here)
         if spec.role == "meta":
             target = Target("env", spec.prefix, spec.root)
             stamps.setdefault(target, []).append(stamp(os.path.join(spec.path, "history")))
+            stamps[target] += top_stamps(spec.prefix, watched)
     return {target: tuple(values) for target, values in stamps.items()}
 
 

@@ -23,7 +23,10 @@ log = logging.getLogger(__name__)
 
 class PublishedState:
     """``prints``: per target, the fingerprint behind the served numbers. ``state_file`` None: none is
-    kept; it is written at most every ``save_interval`` seconds, and on a clean stop."""
+    kept; it is written at most every ``save_interval`` seconds, and on a clean stop, never while the
+    numbers served are not verified. After a warm start ``unverified`` stays True until a scan of
+    everything (:meth:`scanned_all`) replaced the loaded numbers; ``verify_pending``: that scan is still
+    to be started."""
 
     def __init__(self, store: SnapshotStore, state_file: str | None, save_interval: float) -> None:
         self.prints: dict[Target, Fingerprint] = {}
@@ -31,10 +34,13 @@ class PublishedState:
         self._state_file = state_file
         self._save_interval = save_interval
         self._saved_at = 0.0
+        self.unverified = False
+        self.verify_pending = False
 
     def scanned_all(self, prints: Mapping[Target, Fingerprint]) -> None:
         """A scan of everything was published; ``prints`` were taken before its walks."""
         self.prints = dict(prints)
+        self.unverified = False
 
     def rescanned(self, batch: Iterable[Target], prints: Mapping[Target, Fingerprint]) -> None:
         """The targets of ``batch`` were rescanned and published; ``prints`` were taken before."""
@@ -66,9 +72,9 @@ class PublishedState:
             self.save(roots)
 
     def load(self, roots: Sequence[str], now: Mapping[Target, Fingerprint]) -> list[Target] | None:
-        """Serve the state file's numbers at once; the targets changed since it was written (as targets
-        to rescan), or None when there is no usable file and everything must be scanned. ``now``: the
-        fingerprints as they are."""
+        """Serve the state file's numbers at once, as not verified; the targets changed since it was written
+        (as targets to rescan), or None when there is no usable file and everything must be scanned.
+        ``now``: the fingerprints as they are."""
         if not self._state_file:
             return None
         loaded = load_state(self._state_file, roots)
@@ -76,12 +82,13 @@ class PublishedState:
         if loaded.result != "ok" or loaded.snapshot is None:
             return None
         self._store.publish(loaded.snapshot, "state", verified=False)
+        self.unverified = self.verify_pending = True
         saved = {Target(k[0], k[1], k[2]): tuple((s[0], s[1]) for s in v)  # type: ignore[arg-type]
                  for k, v in loaded.fingerprints.items()}
         self.prints = dict(now)
         changed = [t if t in now else Target("root", t.root, t.root)
                    for t in set(now) | set(saved) if now.get(t) != saved.get(t)]
-        if not changed:
-            self._store.update_watch(results_verified=True)
+        # Not verified even when nothing changed: matching fingerprints say nothing of the numbers (a
+        # forged or stale file has them too); the daemon's confirming scan sets it.
         log.info("state file loaded: serving its numbers, %d target(s) changed since", len(changed))
         return changed
