@@ -4,14 +4,21 @@ A *root* is a conda installation directory. The root itself is the ``base`` env 
 ``conda-meta/``), ``ROOT/envs/<name>/`` are named envs (a directory there without ``conda-meta/`` is
 *ignored* and reported, never counted as an env) and ``ROOT/pkgs/`` is the package cache.
 Discovery only lists directories; it reads no file contents and never follows symlinks.
+
+What discovery leaves out, and why, is kept in :data:`SKIPPED` (one reason of :data:`SKIP_REASONS` per
+path, as of each root's latest discovery): each path is logged once when it starts being skipped (not at
+every rediscovery), and ``conda_exporter_skipped_dirs{reason}`` counts them.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pwd
 import stat
+import threading
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +27,13 @@ from exporter.discover.condarc import CondaDirs, read_conda_dirs
 from exporter.model import METADATA_DIR
 
 __all__ = [
+    "SKIPPED",
+    "SKIP_REASONS",
     "Discovery",
     "EnvLocation",
     "RootLayout",
     "RootNotFoundError",
+    "SkippedDirs",
     "detect_roots",
     "discover_external",
     "discover_root",
@@ -38,6 +48,63 @@ BASE_ENV_NAME = "base"
 HOME_CANDIDATES = ("miniconda3", "anaconda3", "miniforge3", "mambaforge", "micromamba")
 PIXI_ENVS = os.path.join(".pixi", "envs")
 SYSTEM_CANDIDATES = ("/opt/conda", "/opt/miniconda3", "/opt/miniforge3", "/opt/anaconda3")
+
+
+SKIP_REASONS: dict[str, tuple[int, str]] = {
+    "no_conda_meta": (logging.INFO, "a directory in an envs dir without conda-meta/ is not an environment"),
+    "permission": (logging.WARNING, "permission denied: whether it is an environment cannot be told, it is not "
+                                    "counted as one"),
+    "symlink": (logging.WARNING, "a symlink to a directory: discovery never follows symlinks, what it points to is "
+                                 "not scanned (give the target itself as a root or --env)"),
+    "unreadable": (logging.WARNING, "it cannot be read (not a permission problem: an I/O or filesystem error)"),
+    "missing": (logging.INFO, "no such directory, or it has no conda-meta/ (a stale --env or environments.txt "
+                              "entry)"),
+}
+"""Why a directory was left out (the ``reason`` label: a closed set), with the level and text of its log line."""
+
+
+class SkippedDirs:
+    """What discovery left out and why, per root (``""``: the envs given one by one), as of the root's latest
+    discovery. Safe to use from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_root: dict[str, dict[str, str]] = {}
+
+    def note(self, root: str, skipped: Mapping[str, str]) -> None:
+        """Record ``skipped`` (path -> reason) as what ``root``'s discovery left out now; log each path whose
+        reason is new (a path stays quiet while it stays skipped for the same reason)."""
+        with self._lock:
+            before = self._by_root.get(root, {})
+            self._by_root[root] = dict(skipped)
+        for path, reason in sorted(skipped.items()):
+            if before.get(path) != reason:
+                level, why = SKIP_REASONS[reason]
+                log.log(level, "skipping %r: %s", path, why)
+
+    def counts(self, roots: Iterable[str]) -> Counter[str]:
+        """Directories skipped in ``roots`` now, by reason."""
+        with self._lock:
+            return Counter(reason for root in roots for reason in self._by_root.get(root, {}).values())
+
+
+SKIPPED = SkippedDirs()
+"""The process's record of skipped directories (discovery runs in the daemon thread and in ``--once``)."""
+
+
+def _dir_reason(path: str) -> str | None:
+    """None when ``path`` is a directory (lstat: a symlink is not), else why it is skipped."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return "permission"
+        return "missing" if exc.errno in (errno.ENOENT, errno.ENOTDIR) else "unreadable"
+    if stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISLNK(mode) and os.path.isdir(path):
+        return "symlink"
+    return "missing"
 
 
 class RootNotFoundError(Exception):
@@ -146,24 +213,31 @@ def validate_roots(paths: Iterable[str | Path]) -> list[str]:
     return roots
 
 
-def _list_envs(container: str, root: str, pkgs_dirs: tuple[str, ...]) -> tuple[list[EnvLocation], list[str]]:
-    """Envs (dirs with conda-meta/) and ignored dirs directly inside ``container``."""
+def _list_envs(
+    container: str, root: str, pkgs_dirs: tuple[str, ...], skipped: dict[str, str]
+) -> tuple[list[EnvLocation], list[str]]:
+    """Envs (dirs with conda-meta/) and ignored dirs directly inside ``container``; what is left out and
+    why goes into ``skipped``."""
     envs: list[EnvLocation] = []
     ignored: list[str] = []
     try:
         with os.scandir(container) as entries:
             children = sorted(entries, key=lambda e: e.name)
     except OSError as exc:
-        log.warning("cannot list envs dir %r: %s", container, exc.strerror)
+        skipped[container] = "permission" if exc.errno in (errno.EACCES, errno.EPERM) else "unreadable"
         return envs, ignored
     for entry in children:
         prefix = os.path.join(container, entry.name)
         if not entry.is_dir(follow_symlinks=False):
-            continue  # stray files and symlinks are counted by the root total only
-        if _is_dir(os.path.join(prefix, "conda-meta")):
+            if entry.is_symlink() and os.path.isdir(prefix):
+                skipped[prefix] = "symlink"
+            continue  # stray files are counted by the root total only
+        reason = _dir_reason(os.path.join(prefix, METADATA_DIR))
+        if reason is None:
             envs.append(EnvLocation(root=root, name=entry.name, prefix=prefix, pkgs_dirs=pkgs_dirs))
-        else:
-            ignored.append(prefix)
+            continue
+        ignored.append(prefix)
+        skipped[prefix] = "no_conda_meta" if reason in ("missing", "symlink") else reason
     return envs, ignored
 
 
@@ -189,6 +263,11 @@ def discover_root(
         envs_container = os.path.join(root, PIXI_ENVS)
         configured = CondaDirs(configured.envs_dirs, (*configured.pkgs_dirs, *_rattler_cache(home)))
     has_envs = _is_dir(envs_container)
+    skipped: dict[str, str] = {}
+    for path in (envs_container, os.path.join(root, "pkgs"), *configured.envs_dirs, *configured.pkgs_dirs):
+        reason = _dir_reason(path)
+        if reason is not None and reason != "missing":  # a missing optional dir is no news
+            skipped[path] = reason
     pkgs_dirs = tuple(
         dict.fromkeys(os.path.realpath(p) for p in (os.path.join(root, "pkgs"), *configured.pkgs_dirs) if _is_dir(p))
     )
@@ -198,11 +277,10 @@ def discover_root(
     containers = [envs_container] if has_envs else []
     containers += [os.path.realpath(d) for d in configured.envs_dirs if _is_dir(d)]
     for container in dict.fromkeys(containers):
-        found, skipped = _list_envs(container, root, pkgs_dirs)
+        found, left_out = _list_envs(container, root, pkgs_dirs, skipped)
         envs += found
-        ignored += skipped
-    for path in ignored:
-        log.info("ignoring %r: a directory in an envs dir without conda-meta/ is not an environment", path)
+        ignored += left_out
+    SKIPPED.note(root, skipped)
     envs = list({os.path.realpath(e.prefix): e for e in envs}.values())
 
     if _is_dir(os.path.join(root, METADATA_DIR)):
@@ -249,15 +327,18 @@ def discover_external(prefixes: Iterable[str], known: Iterable[RootLayout]) -> R
     seen = {os.path.realpath(e.prefix) for layout in known for e in layout.envs}
     pkgs_dirs = tuple(dict.fromkeys(d for layout in known for d in layout.pkgs_dirs))
     envs: list[EnvLocation] = []
+    skipped: dict[str, str] = {}
     for given in prefixes:
-        prefix = os.path.realpath(given)
+        prefix = os.path.realpath(given)  # given one by one: a symlink to an env is followed on purpose
         if prefix in seen:
             continue
         seen.add(prefix)
-        if not _is_dir(os.path.join(prefix, METADATA_DIR)):
-            log.info("skipping env %r: no such directory, or it has no conda-meta/", given)
+        reason = _dir_reason(os.path.join(prefix, METADATA_DIR))
+        if reason is not None:
+            skipped[given] = "missing" if reason == "symlink" else reason
             continue
         envs.append(EnvLocation(root="", name=os.path.basename(prefix), prefix=prefix, pkgs_dirs=pkgs_dirs))
+    SKIPPED.note("", skipped)
     if not envs:
         return None
     return RootLayout(path="", envs=tuple(envs), pkgs_dirs=(), envs_container=None, ignored_dirs=())

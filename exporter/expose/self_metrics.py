@@ -10,6 +10,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.discover.roots import SKIP_REASONS, SKIPPED
 from exporter.model import Snapshot
 from exporter.scan import walk
 from exporter.snapshot.store import DURATION_BUCKETS, SnapshotStore
@@ -35,7 +36,11 @@ WATCH_MODES = ("inotify", "poll")
 SELF_GAUGES = {
     "conda_exporter_watches": "Directories watched with inotify now.",
     "conda_exporter_watch_limit_reached": "1 if the kernel refused a watch (inotify limits) and polling took over.",
-    "conda_exporter_results_verified": "0 while serving numbers loaded from the state file that no scan confirmed yet.",
+    "conda_exporter_results_verified": (
+        "0 while serving numbers loaded from the state file that no full scan has confirmed yet (after a warm start "
+        "a low-priority reconcile confirms them); 1 says nothing of changes no watch sees, below an env's top-level "
+        "dirs, until the next reconcile."
+    ),
 }
 OLDEST_RESULT = "conda_exporter_oldest_result_timestamp_seconds"
 OLDEST_RESULT_HELP = (
@@ -55,6 +60,11 @@ DAEMON_ERRORS_HELP = (
     "loop: the next turn goes on)."
 )
 DAEMON_ERROR_PLACES = ("startup", "loop")
+SKIPPED_DIRS = "conda_exporter_skipped_dirs"
+SKIPPED_DIRS_HELP = (
+    "Directories discovery left out, by reason: no_conda_meta (in an envs dir, not an env), permission, symlink "
+    "(never followed), unreadable, missing (a stale --env or environments.txt entry); each is logged once."
+)
 ENVS = "conda_exporter_envs"
 ENVS_HELP = "Environments in the latest snapshot, over all roots."
 
@@ -93,6 +103,7 @@ class ExporterCollector(Collector):
         yield daemon_errors
 
         yield GaugeMetricFamily(ENVS, ENVS_HELP, value=len(snapshot.envs) if snapshot else 0)
+        yield skipped_dirs(snapshot)
 
         durations = HistogramMetricFamily(
             "conda_exporter_scan_duration_seconds", "Wall time of scans, by trigger.", labels=("trigger",)
@@ -130,6 +141,16 @@ class ExporterCollector(Collector):
                 state.add_metric((result,), 1 if health.state_loaded == result else 0)
         yield state
         yield oldest_result(snapshot)
+
+
+def skipped_dirs(snapshot: Snapshot | None) -> GaugeMetricFamily:
+    """``conda_exporter_skipped_dirs{reason}`` over the roots of ``snapshot`` (and the envs given one by
+    one), as their latest discovery found them; every reason always present, so alerts need no absent()."""
+    family = GaugeMetricFamily(SKIPPED_DIRS, SKIPPED_DIRS_HELP, labels=("reason",))
+    counts = SKIPPED.counts([*(r.path for r in snapshot.roots), ""] if snapshot else [])
+    for reason in SKIP_REASONS:
+        family.add_metric((reason,), counts.get(reason, 0))
+    return family
 
 
 def oldest_result(snapshot: Snapshot | None) -> GaugeMetricFamily:
