@@ -98,7 +98,8 @@ class Settings(BaseSettings):
     watch_poll_interval: float = Field(
         default=30.0,
         gt=0,
-        description="Seconds between fingerprint checks in poll mode.",
+        description="Seconds between fingerprint checks: in poll mode the change detection; with inotify, the check "
+        "of each env's top-level dirs, which no watch covers (a file added directly in share/, bin/, lib/, ...).",
         json_schema_extra=_flag("--watch.poll-interval"),
     )
     collect_packages: int = Field(
