@@ -45,7 +45,7 @@ __all__ = ["FORMAT", "MAX_BYTES", "MAX_DEPTH", "VERSION", "LoadedState", "load_s
 log = logging.getLogger(__name__)
 
 FORMAT = "conda-env-exporter-state"
-VERSION = 3  # 3: msgspec encoding of the result types, checked against them
+VERSION = 4  # 4: reflink extent rows settled from extent_within_bytes; 3: msgspec encoding checked against the types
 
 MAX_BYTES = 128 * 1024 * 1024
 """Largest state file read. The file costs ~45 bytes per hardlinked path (the shared-inode columns):
