@@ -57,27 +57,29 @@ class ConnectionLoop:
         self._listening = _Listening(listeners, self._selector)
         self._wake_r, self._wake_w = _nonblocking_pair()
         self._selector.register(self._wake_r.fileno(), READ)
-        self._lock = threading.Lock()  # guards _open, shared with the serving threads
+        self._lock = threading.Lock()  # guards _open, and stopping against handoffs
         self._open: set[Connection] = set()
         self._handoffs: deque[Connection] = deque()  # responses left to the loop (append, popleft: thread-safe)
         self._waiting = WaitingRoom()
         self._handshakes = _Handshakes(web is not None, limits.max_head, self._wake)
-        self._stopping = False
+        self.stopping = False  # (read by serving threads: a request queued at stop is not answered)
         self._thread = threading.Thread(target=self._run, name="http-connections", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop accepting and close every connection; returns within milliseconds."""
-        self._stopping = True
+        """Stop accepting and close every connection; returns within milliseconds. A connection another
+        thread holds (answering it, or a handshake step) is closed by that thread, never under its feet."""
+        with self._lock:
+            self.stopping = True
+        self._handshakes.stop()
         self._wake()
         self._thread.join(1.0)
-        self._handshakes.stop()
         with self._lock:
-            connections, self._open = list(self._open), set()
-        for conn in connections:
-            conn.close()
+            held = [conn for conn in self._open if not (conn.serving or conn.busy)]
+        for conn in held + [conn for conn, _ in self._handshakes.finished()]:
+            self._finish(conn)
         self._listening.close()
         for sock in (self._wake_r, self._wake_w):
             sock.close()
@@ -88,14 +90,14 @@ class ConnectionLoop:
         take at once is left to the selector thread, within the deadline. Any thread."""
         conn.out = memoryview(data)
         try:
-            done = conn.send_some() or self._stopping
+            done = conn.send_some()
         except OSError:
             done = True
-        if done:
-            self._finish(conn)
-            return
-        self._handoffs.append(conn)
-        self._wake()
+        with self._lock:  # (never handed back once stopping: nobody would take it)
+            handed, conn.serving = not (done or self.stopping), False
+            if handed:
+                self._handoffs.append(conn)
+        self._wake() if handed else self._finish(conn)
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):  # full (a wake-up is pending anyway) or closed (stopped)
@@ -107,7 +109,7 @@ class ConnectionLoop:
             self._open.discard(conn)
 
     def _run(self) -> None:
-        while not self._stopping:
+        while not self.stopping:
             timeout = self._listening.shorten(self._waiting.timeout(time.monotonic()))
             for key, _events in self._selector.select(timeout):
                 try:
@@ -167,7 +169,8 @@ class ConnectionLoop:
         else:
             self._waiting.remove(conn)
             self._unwatch(conn)
-            (self._dispatch if step.kind == "head" else self.respond)(conn, step.data)
+            conn.serving = step.kind == "head"  # a serving thread's now
+            (self._dispatch if conn.serving else self.respond)(conn, step.data)
 
     def _drop(self, conn: Connection) -> None:
         self._waiting.remove(conn)
@@ -204,13 +207,18 @@ class _Handshakes:
         self._pool = ThreadPoolExecutor(HANDSHAKE_THREADS, "http-tls") if tls_possible else None
         self._max_head, self._wake = max_head, wake
         self._done: deque[tuple[Connection, Step]] = deque()  # (append, popleft: thread-safe)
+        self._lock = threading.Lock()  # guards stopped against submitting and _done
+        self.stopped = False
 
     def take(self, conn: Connection) -> bool:
         """Step ``conn`` on a thread if it is in its handshake; False: step it in the loop."""
         if self._pool is None or not conn.handshaking:
             return False
-        conn.busy = True
-        self._pool.submit(self._step, conn)
+        with self._lock:
+            if self.stopped:  # (the pool takes nothing more)
+                return False
+            conn.busy = True
+            self._pool.submit(self._step, conn)
         return True
 
     def _step(self, conn: Connection) -> None:
@@ -219,8 +227,11 @@ class _Handshakes:
         except Exception:  # a bug: the connection must still come back, to be closed
             log.exception("error handling a connection")
             step = Step("drop")
-        self._done.append((conn, step))
-        self._wake()
+        with self._lock:
+            collected = not self.stopped  # (else nobody would: it closes here)
+            if collected:
+                self._done.append((conn, step))
+        self._wake() if collected else conn.close()
 
     def finished(self) -> Iterator[tuple[Connection, Step]]:
         while self._done:
@@ -229,8 +240,10 @@ class _Handshakes:
             yield conn, Step("drop") if conn.doomed else step
 
     def stop(self) -> None:
+        with self._lock:
+            self.stopped = True
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=False)  # steps queued still run, and close their connections
 
 
 class _Listening:

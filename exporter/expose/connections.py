@@ -10,6 +10,7 @@ import logging
 import selectors
 import socket
 import ssl
+import threading
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Literal, NamedTuple
@@ -20,6 +21,8 @@ from exporter.expose.webguard import ActiveWebConfig
 __all__ = ["AnswerError", "Connection", "Limits", "Step", "WaitingRoom", "client_key", "encode_response"]
 
 log = logging.getLogger(__name__)
+
+_CLOSING = threading.Lock()
 
 HTTPS_REQUIRED = "Client sent an HTTP request to an HTTPS server.\n"  # Go's words
 TLS_HANDSHAKE_RECORD = 0x16  # the first byte a TLS client sends; anything else on a TLS port is plain HTTP
@@ -106,6 +109,7 @@ class Connection:
         self.closed = False
         self.registered = False  # in the loop's selector
         self.busy = self.doomed = False  # a step on another thread; to be dropped when it comes back
+        self.serving = False  # held by a serving thread, from its complete head until it is answered
 
     def receive(self, max_head: int) -> bytes | None:
         """Take the handshake and the head as far as the socket allows: the head (without its blank line)
@@ -198,9 +202,10 @@ class Connection:
 
     def close(self) -> None:
         """Close, after close_notify (TLS, without waiting for the client's) or a FIN; never raises."""
-        if self.closed:
-            return
-        self.closed = True
+        with _CLOSING:  # (at stop, two threads can reach here)
+            if self.closed:
+                return
+            self.closed = True
         with contextlib.suppress(OSError, ValueError):
             if isinstance(self.sock, ssl.SSLSocket) and not self.handshaking:
                 self.sock.unwrap()

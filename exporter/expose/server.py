@@ -186,7 +186,7 @@ class MetricsServer:
         self._pool.submit(self._serve, conn, head)
 
     def _serve(self, conn: Connection, head: bytes) -> None:
-        self._loop.respond(conn, self._requests.answer(conn, head))
+        self._loop.respond(conn, b"" if self._loop.stopping else self._requests.answer(conn, head))
 
     @property
     def port(self) -> int:
@@ -207,4 +207,4 @@ class MetricsServer:
         if self._web is not None:
             self._web.stop()
         self._loop.stop()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=False)  # what is queued closes its connection at once
