@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -204,3 +205,34 @@ def test_a_tree_walked_while_another_changed_takes_no_delta_twice(tmp_path: Path
     assert got == expected
     got, expected = _walked_while_changing(build_fixture_root(tmp_path / "without"), suspects=False)
     assert got < expected  # the hazard is real in this scenario: without suspects the delta counts twice
+
+
+def test_churn_elsewhere_does_not_rescan_a_finished_batch_again(exporter_cmd: list[str], tmp_path: Path) -> None:
+    """Should fix 1, end to end. An env is deleted and a package leaves the cache (a batch that walks the whole
+    cache and re-discovers the root) while pip keeps writing into another env without a pause, so events arrive
+    during every batch. Before the fix each of them queued that batch again: the cache was walked whole over
+    and over while the churn lasted; now once."""
+    root = build_fixture_root(tmp_path / "conda")
+    bulk = root / "pkgs" / "bulk-1.0-0"  # 20,000 files, so that a walk of the whole cache takes a while
+    (bulk / "info").mkdir(parents=True)
+    (bulk / "info" / "index.json").write_text("{}")
+    for i in range(200):
+        (bulk / "data" / str(i)).mkdir(parents=True)
+        for j in range(100):
+            (bulk / "data" / str(i) / str(j)).write_bytes(b"b")
+    running = launch(exporter_cmd, root, "--watch.mode", "inotify", "--scan.interval", "0")
+    web = root / "envs" / "web"
+    scipy = next(p for p in packages(root) if p.name.startswith("scipy"))
+    try:
+        running.converge("startup")
+        shutil.rmtree(root / "envs" / "analysis")
+        shutil.rmtree(scipy)  # linked by no env: conda clean --packages
+        writes, end = 0, time.monotonic() + 3.0
+        while time.monotonic() < end:  # no quiet moment: web's own rescan waits until the churn stops
+            (web / "lib" / "python3.11" / "site-packages" / f"churn{writes}").mkdir(parents=True)
+            writes += 1
+        running.converge(f"the deletions and {writes} new dirs in web")
+    finally:
+        log = stop(running)
+    whole = [line for line in log.splitlines() if re.search(r"rescanned .* 1 whole cache", line)]
+    assert len(whole) == 1, whole
