@@ -127,6 +127,16 @@ def test_twenty_tricklers_hold_no_thread_and_a_scrape_is_answered_within_1_s(ser
         close_all(tricklers)
 
 
+@pytest.mark.parametrize("request_head", [b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /healthz HTTP/1.0\n\n"])
+def test_a_request_sent_byte_by_byte_is_answered(server: MetricsServer, request_head: bytes) -> None:
+    """The end of the head is found wherever the pieces split it (the search resumes where it stopped)."""
+    with connect(server.port) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a segment per byte
+        for byte in request_head:
+            sock.sendall(bytes([byte]))
+        assert answer_of(sock).startswith(b"HTTP/1.1 200 ")
+
+
 def test_a_hundred_idle_connections_from_one_address_crowd_out_no_scraper(server: MetricsServer) -> None:
     """Before: from the 72nd idle connection on (8 threads + 64 waiting), every request got 503, from any address.
     Now one address has at most MAX_PER_CLIENT connections waiting; a new one closes its oldest with a 503."""

@@ -128,8 +128,9 @@ class Connection:
                 return None
             if not chunk:
                 raise ConnectionAbortedError("closed before the end of the request head")
+            start = max(len(self.head) - 3, 0)  # (a head trickled byte by byte is searched once, not n² times)
             self.head += chunk
-            ends = [i for i in (self.head.find(b"\r\n\r\n"), self.head.find(b"\n\n")) if i >= 0]
+            ends = [i for i in (self.head.find(b"\r\n\r\n", start), self.head.find(b"\n\n", start)) if i >= 0]
             if ends and self.plain_on_tls:
                 raise AnswerError(encode_response(plain(HTTPStatus.BAD_REQUEST, HTTPS_REQUIRED), True))
             if ends:
