@@ -48,6 +48,12 @@ class Inode:
     def own_bytes(self) -> int:
         return max(self.blocks * 512 - self.shared_bytes, 0)
 
+    @property
+    def links(self) -> int:
+        """Names the inode has: ``st_nlink``, but for a directory its one name (its ``st_nlink`` counts
+        its subdirectories' ``..``)."""
+        return len(self.paths) if self.is_dir else self.nlink
+
 
 @dataclass(frozen=True)
 class TreeFigures:
@@ -190,11 +196,41 @@ class Root:
         at least two, lies in such inodes."""
         inside = {k for k, inode in self.inodes.items()
                   if all(any(_inside(p, d, []) for d in package_dirs) for p in inode.paths)
-                  and len(inode.paths) >= inode.nlink}
+                  and len(inode.paths) >= inode.links}
         blocks = {b for k in inside for b in self.inodes[k].shared}
         freed_blocks = [b for b in blocks
                         if sum(t for _, t in self.refs[b]) >= 2 and all(k in inside for k, _ in self.refs[b])]
         return sum(self.inodes[k].own_bytes() for k in inside) + len(freed_blocks) * self.block
+
+    def reclaimable(self, names: list[str], cache: Path) -> int:
+        """What deleting the trees ``names`` and then cleaning ``cache`` (a flat one) by conda's rule frees,
+        beyond what that clean alone frees: removal simulated on the inodes and shared blocks found."""
+        return self._freed(names, cache) - self._freed([], cache)
+
+    def _freed(self, names: list[str], cache: Path) -> int:
+        removed: Counter[tuple[int, int]] = Counter()
+        for name in names:
+            removed.update(self.members[name])
+        left = {k: inode.links - removed.get(k, 0) for k, inode in self.inodes.items()}
+        for entry in sorted(cache.iterdir()):
+            if not (entry / "info").is_dir() or entry.is_symlink():
+                continue
+            inside = {k: n for k, n in self._links_below(entry).items() if left[k] > 0}
+            if any(left[k] > 1 for k, inode in self.inodes.items() if k in inside and not inode.is_dir):
+                continue  # a file with a second link: conda keeps the package
+            for k, n in inside.items():
+                left[k] -= n
+        gone = {k for k, n in left.items() if n <= 0}
+        blocks = {b for k in gone for b in self.inodes[k].shared}
+        freed_blocks = [b for b in blocks
+                        if sum(t for _, t in self.refs[b]) >= 2 and all(k in gone for k, _ in self.refs[b])]
+        return sum(self.inodes[k].own_bytes() for k in gone) + len(freed_blocks) * self.block
+
+    def _links_below(self, top: Path) -> Counter[tuple[int, int]]:
+        found: Counter[tuple[int, int]] = Counter()
+        for key, inode in self.inodes.items():
+            found[key] += sum(1 for path in inode.paths if _inside(path, top, []))
+        return Counter({k: n for k, n in found.items() if n})
 
     def shared_bytes_of(self, path: Path) -> int:
         """Bytes of the extents flagged shared of the file at ``path``."""

@@ -239,6 +239,15 @@ def differences(got: dict[str, dict[str, float]], root: Path, envs: dict[str, Pa
     for metric, value in expected.items():
         if got[metric][str(cache)] != value:
             problems.append(f"{cache.name} {metric}: {got[metric][str(cache)]} != {value}")
+    if not others:  # (with a second cache, conda's clean would clean both: not modelled here)
+        for name, prefix in envs.items():
+            freed = oracle.reclaimable([name], cache)
+            if got["conda_env_reclaimable_bytes"][str(prefix)] != freed:
+                problems.append(f"{name} reclaimable: {got['conda_env_reclaimable_bytes'][str(prefix)]} != {freed}")
+        owned = [name for name, prefix in envs.items() if prefix != root]  # all root's; base never in a set
+        freed = oracle.reclaimable(owned, cache)
+        if got["conda_owner_reclaimable_bytes"]["owner:root"] != freed:
+            problems.append(f"owner root reclaimable: {got['conda_owner_reclaimable_bytes']['owner:root']} != {freed}")
     for other in others:
         if got["conda_pkgs_bytes"][str(other)] != du_bytes(other):
             problems.append(f"{other} conda_pkgs_bytes: {got['conda_pkgs_bytes'][str(other)]} != {du_bytes(other)}")

@@ -213,9 +213,10 @@ class Pieces:
 
     ``packages`` cleanable package dirs, numbered as ``chunks`` give them (each chunk with its cache's
     path and the package id of each of its package dirs, -1: not cleanable), ``alone[id]``: clean alone
-    removes it. Owner ids: package ids, then ``packages + i`` for ``envs[i]``. References of hardlinked
-    files, and of ``fixed`` trees, are never freed. Pieces of a single env's own are in its unique bytes,
-    and not counted again here.
+    removes it. Owner ids: package ids, then ``packages + i`` for ``envs[i]``. References of an env's
+    hardlinked files (not mapped: see :func:`exporter.scan.walk.walk_tree`), of a cache's own files and of
+    ``fixed`` trees are never freed. Pieces of a single env's own are in its unique bytes, and not counted
+    again here.
     """
 
     def __init__(
@@ -241,8 +242,10 @@ class Pieces:
             owner = np.full(len(usage.extent_start), FIXED, np.int64)
             if len(where) == len(owner):  # (else a chunk of an older state: its rows are nobody's to free)
                 known = (where >= 0) & (where < len(ids))  # -1: a file of the cache dir, in no package dir
-                owner[known] = ids[where[known]]  # (ids are -1 = FIXED for dirs clean never removes)
-            owner[usage.extent_ino != 0] = FIXED
+                # (ids are -1 = FIXED for dirs clean never removes). A hardlinked file's rows are its package
+                # dir's too: conda cleans the dir only once no file of it has a link elsewhere, and then the
+                # file goes with it.
+                owner[known] = ids[where[known]]
             columns.setdefault(usage.dev, []).append((usage.extent_start, usage.extent_length, owner))
         for env in envs:
             owner = np.where(env.usage.extent_ino != 0, FIXED, self.env_ids[env.prefix]).astype(np.int64)

@@ -19,9 +19,10 @@ not counted. Inodes are per device: envs on another filesystem than a cache shar
 
 On a filesystem that can reflink, blocks shared by reflink are counted by piece
 (:mod:`exporter.account.extents`): a piece is freed when every reference to it lies in the deleted envs
-or in package dirs clean then removes (by conda's rule, which looks at hardlinks only), and at least two
-were seen (one alone says something unseen holds it: a snapshot, a file outside the roots). A reference
-held by a hardlinked file, or anywhere else (``ROOT/envs`` itself, a cache's own files), is never freed.
+or in package dirs clean then removes (by conda's rule, which looks at hardlinks only; a hardlinked file
+of such a dir goes with it), and at least two were seen (one alone says something unseen holds it: a
+snapshot, a file outside the roots). A reference held anywhere else (``ROOT/envs`` itself, a cache's own
+files) is never freed.
 """
 
 from __future__ import annotations
