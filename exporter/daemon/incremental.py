@@ -25,10 +25,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from exporter.account.delta import LinkDelta, apply_link_delta, link_delta
+from exporter.account.extents import stale_trees
 from exporter.account.trees import measure_cache, measure_env, measure_rest, remeasure_chunk
 from exporter.daemon.targets import Target
 from exporter.discover.roots import RootLayout
-from exporter.model import EnvUsage, PkgsChunk, ScanOptions, SharedInodes, Snapshot, TreeUsage, WalkError
+from exporter.model import EnvUsage, PkgsChunk, PkgsUsage, ScanOptions, SharedInodes, Snapshot, TreeUsage, WalkError
 from exporter.snapshot.assemble import CacheParts, RootParts, assemble
 
 __all__ = ["Rescanned", "rediscover", "rescan"]
@@ -94,6 +95,23 @@ def _touches(table: SharedInodes, deltas: dict[int, LinkDelta]) -> bool:
         return False
     pos = np.minimum(np.searchsorted(table.ino, delta.ino), len(table) - 1)
     return bool(np.any(table.ino[pos] == delta.ino))
+
+
+def _reflink_stale(
+    old_envs: dict[str, EnvUsage], old_pkgs: dict[str, PkgsUsage], *, new_envs: dict[str, EnvUsage],
+    new_pkgs: dict[str, list[PkgsChunk]], replaced: dict[str, dict[int, PkgsChunk]], removed: set[str],
+) -> list[str]:
+    """Envs not walked again holding reflinked bytes that the trees walked again stopped referencing: their
+    shared flag may have cleared (conda clean removed the package dir they were reflinked from, or the one
+    env that shared them is gone), so they are walked again (:func:`exporter.account.extents.stale_trees`).
+    None where nothing is reflinked."""
+    before = [old_envs[p].usage for p in (*new_envs, *removed) if p in old_envs]
+    before += [c.usage for d in new_pkgs if d in old_pkgs for c in old_pkgs[d].chunks]
+    before += [old_pkgs[d].chunks[i].usage for d, chunks in replaced.items() for i in chunks]
+    after = [e.usage for e in new_envs.values()] + [c.usage for chunks in new_pkgs.values() for c in chunks]
+    after += [c.usage for chunks in replaced.values() for c in chunks.values()]
+    others = sorted(p for p in old_envs if p not in new_envs and p not in removed)
+    return [others[i] for i in stale_trees(before, after, [old_envs[p].usage for p in others])]
 
 
 def rescan(
@@ -175,6 +193,15 @@ def rescan(
             new_tables.append(new_envs[prefix].usage.shared)
         for pkgs_dir, i in walk_chunks:
             walk_chunk(pkgs_dir, i)
+        deltas = link_delta(old_tables, new_tables)
+
+    stale = _reflink_stale(old_envs, old_pkgs, new_envs=new_envs, new_pkgs=new_pkgs, replaced=replaced,
+                           removed=removed_envs)
+    for prefix in stale:
+        new_envs[prefix] = measure_env(envs_now[prefix], options)
+        old_tables.append(old_envs[prefix].usage.shared)
+        new_tables.append(new_envs[prefix].usage.shared)
+    if stale:
         deltas = link_delta(old_tables, new_tables)
 
     def settle(usage: TreeUsage) -> TreeUsage:
