@@ -20,6 +20,7 @@ import numpy.typing as npt
 import pytest
 
 from exporter.account.extents import FIXED, extent_groups, extent_total, settle_trees, stale_trees
+from exporter.account.reclaim import CacheIndex, reclaimable
 from exporter.daemon.state import load_state, save_state
 from exporter.demo import DemoPackage, write_package
 from exporter.discover.roots import discover_root
@@ -269,6 +270,33 @@ def test_every_number_matches_the_oracle(exporter_cmd: list[str], reflink_root: 
     assert got["conda_env_copied_bytes"][str(envs["copies"])] > 0
     assert got["conda_env_copied_bytes"][str(envs["rl"])] == 0  # reflinked copies share everything
     assert got["conda_pkgs_unreferenced_bytes"][str(root / "pkgs")] > 0
+
+
+def test_what_if_delete_counts_reflinked_bytes(exporter_cmd: list[str],
+                                               reflink_root: tuple[Path, dict[str, Path]]) -> None:
+    """``report --what-if-delete`` for sets of envs equals the oracle's simulated deletion and clean."""
+    root, envs = reflink_root
+    oracle = Root(root, oracle_trees(root, envs))
+    for names in (["rl2"], ["rl", "copies"], ["rl", "rl2", "self"]):
+        proc = subprocess.run(
+            [*exporter_cmd, "report", "--root", str(root), "--format", "json", "--what-if-delete",
+             *(str(envs[n]) for n in names)],
+            capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "HOME": str(root.parent)},
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["freed_bytes"] == oracle.reclaimable(names, root / "pkgs"), names
+
+
+def test_an_index_without_the_envs_counts_no_reflinked_bytes(reflink_root: tuple[Path, dict[str, Path]],
+                                                               tmp_path: Path) -> None:
+    """A caller that gives the reclaim index the caches only (the envs' references unknown) gets the
+    hardlink figures, never a crash: a KeyError here once broke report --what-if-delete."""
+    root, envs = reflink_root
+    snapshot = full_scan([discover_root(str(root), environ={}, home=str(tmp_path))], ScanOptions(1, False, 0, 1e9))
+    chosen = [e for e in snapshot.envs if e.prefix == str(envs["rl2"])]
+    alone = reclaimable(CacheIndex(snapshot.pkgs), chosen)
+    whole = reclaimable(CacheIndex(snapshot.pkgs, snapshot.envs, [u for _, u in snapshot.rest]), chosen)
+    assert alone.bytes == chosen[0].usage.unique_bytes < whole.bytes
 
 
 def test_both_walkers_map_the_same_extents(reflink_root: tuple[Path, dict[str, Path]],

@@ -173,8 +173,11 @@ class CacheIndex:
         fixed = list(fixed)
         reflinked = [t for t in (*(e.usage for e in envs), *fixed) if len(t.extent_start)]
         reflinked += [c.usage for cache in caches for c in cache.chunks if len(c.usage.extent_start)]
-        # (where nothing is reflinked, as on ext4, there are no pieces to count)
-        self.pieces = Pieces(len(paths), self.alone, self.chunk_ids(caches), envs, fixed) if reflinked else None
+        # (where nothing is reflinked, as on ext4, there are no pieces to count; without the envs, their
+        # references are unknown: none is counted as freed)
+        self.pieces = (
+            Pieces(len(paths), self.alone, self.chunk_ids(caches), envs, fixed) if reflinked and envs else None
+        )
 
     def _cleaned(self, hits: Iterable[tuple[I64, I64]]) -> I64:
         """Package ids cleaned once the given links go: ``hits`` pairs package ids of rows with
@@ -292,7 +295,8 @@ def reclaimable(index: CacheIndex, envs: Sequence[EnvUsage], split: dict[str, _E
     if index.pieces is not None:
         removed = index.alone.copy()
         removed[cleaned] = True
-        total += index.pieces.freed({index.pieces.env_ids[env.prefix] for env in envs}, removed)
+        env_ids = index.pieces.env_ids
+        total += index.pieces.freed({env_ids[env.prefix] for env in envs if env.prefix in env_ids}, removed)
     return Freed(total, packages)
 
 

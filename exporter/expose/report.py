@@ -146,7 +146,7 @@ def match_envs(snapshot: Snapshot, given: Sequence[str]) -> list[EnvUsage]:
 def render_what_if(snapshot: Snapshot, envs: Sequence[EnvUsage], as_json: bool = False) -> str:
     """What deleting ``envs`` and then running ``conda clean --packages`` frees beyond that clean alone,
     and the package dirs the clean would then remove."""
-    freed = reclaimable(CacheIndex(snapshot.pkgs), envs)
+    freed = reclaimable(CacheIndex(snapshot.pkgs, snapshot.envs, [usage for _, usage in snapshot.rest]), envs)
     package_bytes = sum(size for _, size in freed.packages)
     if as_json:
         return json.dumps({
