@@ -94,6 +94,9 @@ class Connection:
     accepted under, and what the loop knows of it. Used by one thread at a time: the selector thread until
     its head is complete, then a serving thread, then (for a slow reader) the selector thread again."""
 
+    __slots__ = ("busy", "client", "closed", "deadline", "doomed", "fd", "handshaking", "head", "out", "peer_cert",
+                 "plain_on_tls", "registered", "serving", "sock", "want", "web")
+
     def __init__(self, sock: socket.socket, client: str, web: ActiveWebConfig | None, deadline: float) -> None:
         self.sock = sock
         self.fd = sock.fileno()
