@@ -138,6 +138,7 @@ def test_a_signal_during_a_full_scan_stops_every_process_in_time(
             if _identity(exporter) is not None:
                 os.kill(exporter, signal.SIGKILL)
             reaper.wait(10)
+        reaper.stdout.close()
     text = log.read_text()
     assert "startup scan of" not in text, "the scan ended before the signal: it no longer tests a scan in progress"
     assert f"received {signum.name}, stopping" in text
