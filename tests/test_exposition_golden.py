@@ -85,6 +85,8 @@ def oracle_bytes(root: Path, work: Path) -> dict[Key, float]:
         out[("conda_env_apparent_bytes", labels)] = tree.apparent_bytes
         out[("conda_env_untracked_bytes", labels)] = contents.untracked_bytes
         out[("conda_env_copied_bytes", labels)] = contents.copied_bytes
+        # the fixture lives on ext4/tmpfs, where nothing reflinks; tests/test_reflinks.py checks XFS and btrfs
+        out[("conda_env_reflinked_bytes", labels)] = 0
         dedupable += contents.dedupable_bytes.get(str(pkgs), 0)
         if env == "base":  # the base env is ROOT but envs/ and pkgs/: delete the rest; ROOT itself stays,
             rest = [p for p in sorted(root.iterdir()) if p.name not in ("envs", "pkgs")]  # so add its blocks
@@ -161,7 +163,7 @@ def test_promtool_check_metrics_is_clean(exposition: str) -> None:
 
 
 def test_label_names_are_bounded(exposition: str) -> None:
-    allowed = {"root", "env", "prefix", "pkgs_dir", "kind", "trigger", "result", "mode", "le", "package"}
+    allowed = {"root", "env", "prefix", "pkgs_dir", "kind", "trigger", "result", "mode", "le", "package", "reason"}
     allowed |= {"version", "python_version", "owner", "walker"}  # info metrics: one series per env or process
     for name, series in samples(exposition).items():
         for labels in series:
