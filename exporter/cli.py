@@ -145,7 +145,14 @@ def discovery_of(settings: Settings, roots: list[str]) -> Discovery:
     return Discovery(tuple(roots), tuple(str(e) for e in settings.envs), settings.discover_environments_txt)
 
 
+def _exit_on_signal(signum: int, _frame: FrameType | None) -> NoReturn:
+    raise SystemExit(128 + signum)
+
+
 def _scan(settings: Settings, roots: list[str]) -> SnapshotStore:
+    # SIGTERM ends a one-shot scan as Ctrl-C does, through the pool's cleanup: killed outright, the exporter
+    # would leave its worker processes blocked on their pipes for ever.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     store = SnapshotStore()
     options = ScanOptions.from_settings(settings)
     store.publish(full_scan(discovery_of(settings, roots).layouts(), options), "startup")

@@ -84,6 +84,12 @@ def _scan_workers(exporter: int) -> list[int] | None:
     return None
 
 
+def _forked_workers(exporter: int) -> list[int] | None:
+    """The forked worker processes of a one-shot scan (both started), children of the exporter itself."""
+    children = _children(exporter)
+    return children if len(children) >= 2 else None
+
+
 class Case(NamedTuple):
     signum: signal.Signals
     to_group: bool
@@ -149,3 +155,32 @@ def test_a_signal_during_a_full_scan_stops_every_process_in_time(
     exit_seconds, all_gone_seconds = float(exited_at) - signalled, float(all_gone_at) - signalled
     print(f"{signum.name}: exporter exited after {exit_seconds:.3f} s, every process after {all_gone_seconds:.3f} s")
     assert exit_seconds <= STOP_PROMISE_SECONDS and all_gone_seconds <= STOP_PROMISE_SECONDS
+
+
+def test_sigterm_during_a_one_shot_scan_leaves_no_worker_behind(
+    exporter_cmd: list[str], big_root: Path, tmp_path: Path
+) -> None:
+    """``--once`` (and ``report``) scan on forked workers, children of the exporter: SIGTERM killed the exporter
+    outright and left them blocked on their pipes for ever. Now it exits 143 after killing them. The workers are
+    frozen first, as in the test above, so that the scan is surely still running."""
+    command = [*exporter_cmd, "--once", "--root", str(big_root), "--scan.workers", "2"]
+    with (tmp_path / "exporter.log").open("w") as err:
+        reaper = subprocess.Popen([sys.executable, REAPER, *command], stdout=subprocess.PIPE, stderr=err, text=True)
+    assert reaper.stdout is not None
+    exporter = int(reaper.stdout.readline())
+    try:
+        workers = poll(lambda: _forked_workers(exporter), 60, "the scan's worker processes", interval=0.002)
+        for worker in workers:
+            os.kill(worker, signal.SIGSTOP)
+        signalled = time.monotonic()
+        os.kill(exporter, signal.SIGTERM)
+        reaper.wait(timeout=30)
+        status, _exited_at, all_gone_at = reaper.stdout.readline().split()
+    finally:
+        if reaper.poll() is None:  # failed: end what was left behind
+            for pid in _descendants(reaper.pid):
+                os.kill(pid, signal.SIGKILL)
+            reaper.wait(10)
+        reaper.stdout.close()
+    assert int(status) == 128 + signal.SIGTERM
+    assert float(all_gone_at) - signalled <= STOP_PROMISE_SECONDS
