@@ -152,6 +152,20 @@ def test_tls_basic_auth_and_headers_with_curl(serve: Any, pki: Pki) -> None:
     assert curl("--cacert", pki.ca_crt, "-u", f"scraper:{PASSWORD}", f"{url}/healthz").stdout == "ok\n\n200"
 
 
+def test_a_header_the_web_config_sets_replaces_the_pages_own(serve: Any, pki: Pki) -> None:
+    """The page sends its own Content-Security-Policy; one set in the web config must replace it, not be sent
+    as a second header (a browser applies both, and the stricter one wins)."""
+    policy = "default-src 'self'"
+    server = serve({**tls_config(pki), "http_server_config": {"headers": {"Content-Security-Policy": policy}}})
+    url = f"https://127.0.0.1:{server.port}/"
+    answer = curl("--cacert", pki.ca_crt, "-D", "/dev/stderr", url)
+    http_status = answer.stdout.rsplit("\n", 1)[-1]
+    assert http_status in ("200", "503"), answer.stdout[-200:]  # 503: the page before the first scan
+    sent = [line.split(":", 1)[1].strip() for line in answer.stderr.splitlines()
+            if line.lower().startswith("content-security-policy:")]
+    assert sent == [policy], answer.stderr
+
+
 def test_plain_http_to_the_tls_port_fails(serve: Any, pki: Pki) -> None:
     server = serve(tls_config(pki))
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:

@@ -51,12 +51,16 @@ class AnswerError(Exception):
 
 
 def encode_response(response: Response, with_body: bool, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """The response's bytes; ``extra`` (the web config's ``http_server_config.headers``) replaces the app's
+    header of the same name (case-insensitive), so the operator's value is the one sent, never a second one."""
+    overridden = {name.lower() for name, _ in extra}
+    own = (header for header in response.headers if header[0].lower() not in overridden)
     lines = [
         f"HTTP/1.1 {response.status.value} {response.status.phrase}",
         f"Content-Type: {response.content_type}",
         f"Content-Length: {len(response.body)}",
         "Connection: close",
-        *(f"{name}: {value}" for name, value in (*response.headers, *extra)),
+        *(f"{name}: {value}" for name, value in (*own, *extra)),
     ]
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     return head + response.body if with_body else head
