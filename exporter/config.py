@@ -13,10 +13,12 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["DEFAULT_PORT", "ENV_PREFIX", "Settings", "flag_of", "markdown_table"]
+__all__ = ["DEFAULT_PORT", "ENV_PREFIX", "NETWORK_MAX_RATE", "Settings", "flag_of", "markdown_table"]
 
 ENV_PREFIX = "CONDA_EXPORTER_"
 DEFAULT_PORT = 9867
+NETWORK_MAX_RATE = 2000
+"""Paths per second a scan reads at most from a network filesystem when --scan.max-rate is auto."""
 
 
 def _flag(flag: str) -> dict[str, Any]:
@@ -76,6 +78,21 @@ class Settings(BaseSettings):
         le=64,
         description="Worker processes for a full scan (1: scan in the exporter's own process).",
         json_schema_extra=_flag("--scan.workers"),
+    )
+    scan_max_rate: int | None = Field(
+        default=None,
+        ge=0,
+        description="Scan budget: paths stat()ed per second at most, over all workers, by full and reconcile scans, "
+        "in every 1 s window (0: unlimited). auto (empty): unlimited on local filesystems, "
+        f"{NETWORK_MAX_RATE} per second for trees on network filesystems (NFS, CIFS, Ceph, Lustre, GPFS, ...).",
+        json_schema_extra=_flag("--scan.max-rate"),
+    )
+    scan_max_rate_incremental: int = Field(
+        default=0,
+        ge=0,
+        description="Scan budget of the daemon's rescans of changed envs and caches, in paths per second (0: "
+        "unlimited): they walk only what changed, once per change, and should show it within seconds.",
+        json_schema_extra=_flag("--scan.max-rate-incremental"),
     )
     scan_cross_filesystems: bool = Field(
         default=False,
@@ -139,6 +156,18 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("scan_max_rate", mode="before")
+    @classmethod
+    def _auto_is_none(cls, value: object) -> object:
+        return None if value in ("", "auto") else value
+
+    def scan_rate(self) -> tuple[int, bool]:
+        """The budget of full scans: (paths per second, 0 unlimited; whether it applies to trees on network
+        filesystems only, as auto does)."""
+        if self.scan_max_rate is None:
+            return NETWORK_MAX_RATE, True
+        return self.scan_max_rate, False
+
     @field_validator("roots", "envs", mode="before")
     @classmethod
     def _split_roots(cls, value: object) -> object:
@@ -199,7 +228,7 @@ def markdown_table() -> str:
     for name, info in Settings.model_fields.items():
         default = info.get_default(call_default_factory=True)
         special = {"roots": "auto-detect", "envs": "none", "state_file": "none", "web_config_file": "none",
-                   "web_listen_address": f"`:{DEFAULT_PORT}`"}
+                   "web_listen_address": f"`:{DEFAULT_PORT}`", "scan_max_rate": "auto"}
         shown = special.get(name) or f"`{default}`".replace("`False`", "off")
         lines.append(f"| `{flag_of(name)}` | `{ENV_PREFIX}{name.upper()}` | {shown} | {info.description} |")
     return "\n".join(lines)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BLOCK_SIZE",
     "METADATA_DIR",
+    "TRANSIENT_KIND",
     "EnvContents",
     "EnvUsage",
     "OwnerReclaim",
@@ -43,6 +44,10 @@ BLOCK_SIZE = 512
 METADATA_DIR = "conda-meta"
 """The directory that makes a directory a conda env, and holds its package records."""
 
+TRANSIENT_KIND = "transient"
+"""The kind of a walk error a network filesystem gives and a later walk may not meet (ESTALE, EIO, ETIMEDOUT,
+EINTR, ENOTCONN, EREMOTEIO, EHOSTDOWN): a tree whose walk met one keeps its previous numbers and is retried."""
+
 U64 = npt.NDArray[np.uint64]
 I32 = npt.NDArray[np.int32]
 
@@ -60,20 +65,32 @@ class ScanOptions:
     stale_after: float
     # Added to the worker processes' nice value (reconcile scans run at low priority).
     nice: int = 0
+    # The scan budget (exporter.scan.budget): paths per second over all workers (0: unlimited), for trees
+    # on network filesystems only when ``max_rate_network_only`` (auto); ``budget_file`` is the bucket
+    # shared by the workers (set while a scan runs) and ``budget_batch`` the paths one walk takes at once.
+    max_rate: int = 0
+    max_rate_network_only: bool = False
+    budget_file: str = ""
+    budget_batch: int = 1
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ScanOptions:
+        rate, network_only = settings.scan_rate()
         return cls(
             workers=settings.scan_workers,
             cross_filesystems=settings.scan_cross_filesystems,
             top_packages=settings.collect_packages,
             stale_after=settings.stale_after,
+            max_rate=rate,
+            max_rate_network_only=network_only,
         )
 
 
 @dataclass(frozen=True)
 class WalkError:
-    """Something the walk could not read. ``kind`` is one of ``permission``, ``vanished``, ``io``."""
+    """Something the walk could not read. ``kind`` is one of ``permission``, ``vanished``, ``io``,
+    ``transient`` (a network filesystem's error that a later walk may not meet: ESTALE, EIO, ETIMEDOUT, ...;
+    see :data:`TRANSIENT_KIND`) or ``metadata``."""
 
     kind: str
     path: str

@@ -18,6 +18,7 @@ from exporter.account.links import account_tree
 from exporter.account.reclaim import package_rows
 from exporter.discover.roots import EnvLocation, RootLayout
 from exporter.model import EnvUsage, PkgsChunk, ScanOptions, TreeUsage, WalkError
+from exporter.scan.budget import budgeted
 from exporter.scan.cache import CacheChunkWalk, walk_pkgs_chunk
 from exporter.scan.cachelayout import list_cache
 from exporter.scan.records import read_env_metadata
@@ -80,7 +81,8 @@ def measure_env(env: EnvLocation, options: ScanOptions) -> EnvUsage:
     started = time.monotonic()
     meta = read_env_metadata(env.prefix)
     owned = ownership(meta, env.pkgs_dirs)
-    walk = walk_tree(env.prefix, env.exclude, options.cross_filesystems, owned)
+    with budgeted(options):
+        walk = walk_tree(env.prefix, env.exclude, options.cross_filesystems, owned)
     walk.errors.extend(meta.errors)
     foreign = foreign_sources(meta, owned, env.prefix, env.pkgs_dirs)
     if foreign is not None:
@@ -126,12 +128,12 @@ def account_chunk(raw: CacheChunkWalk) -> PkgsChunk:
 
 def measure_chunk(task: ChunkTask, options: ScanOptions) -> PkgsChunk:
     """Walk and account one chunk of a package cache."""
-    return account_chunk(
-        walk_pkgs_chunk(
+    with budgeted(options):
+        walked = walk_pkgs_chunk(
             task.pkgs_dir, list(task.package_dirs), task.include_top, task.all_package_dirs, options.cross_filesystems,
             levels=task.levels,
         )
-    )
+    return account_chunk(walked)
 
 
 def remeasure_chunk(chunk: PkgsChunk, options: ScanOptions) -> PkgsChunk:
@@ -150,7 +152,9 @@ def _rest_task(layout: RootLayout) -> RestTask | None:
 
 
 def _measure_rest_task(task: RestTask, options: ScanOptions) -> TreeUsage:
-    return account_tree(walk_tree(task.path, task.exclude, options.cross_filesystems))
+    with budgeted(options):
+        walked = walk_tree(task.path, task.exclude, options.cross_filesystems)
+    return account_tree(walked)
 
 
 def measure_rest(layout: RootLayout, options: ScanOptions) -> TreeUsage | None:

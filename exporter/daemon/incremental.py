@@ -31,6 +31,7 @@ from exporter.daemon.targets import Target
 from exporter.discover.roots import RootLayout
 from exporter.model import EnvUsage, PkgsChunk, PkgsUsage, ScanOptions, SharedInodes, Snapshot, TreeUsage, WalkError
 from exporter.snapshot.assemble import CacheParts, RootParts, assemble
+from exporter.snapshot.transient import keep_chunk, keep_env
 
 __all__ = ["Rescanned", "rediscover", "rescan"]
 
@@ -141,7 +142,17 @@ def rescan(
     if "" in env_roots:  # envs outside roots link from the roots' caches too
         env_roots |= {r for r in roots if r}
     old_pkgs = {p.path: p for p in old.pkgs}
-    new_envs = {p: measure_env(envs_now[p], options) for p in sorted(rescan_envs)}
+    held: list[WalkError] = []  # transient errors of walks whose trees keep their previous result
+
+    def walk_env(prefix: str) -> EnvUsage:
+        """The env walked again, or its previous result when the walk met a transient error."""
+        walked = measure_env(envs_now[prefix], options)
+        kept = keep_env(walked, old_envs.get(prefix))
+        if kept is not walked:
+            held.extend(walked.usage.errors)
+        return kept
+
+    new_envs = {p: walk_env(p) for p in sorted(rescan_envs)}
     touched = _touched_entries(old_envs, new_envs, rescan_envs | removed_envs)
     whole = {(t.root, t.path) for t in targets if t.kind == "pkgs"}
     partial: dict[tuple[str, str], set[int]] = {}  # (root, cache) -> indexes of chunks to walk again
@@ -155,14 +166,27 @@ def rescan(
                 partial[(root, pkgs_dir)] = wanted
     whole = {(r, d) for r, d in whole if d in layouts[r].pkgs_dirs}
 
-    new_pkgs = {d: measure_cache(r, d, options) for r, d in sorted(whole)}
+    def walk_cache(root: str, pkgs_dir: str) -> list[PkgsChunk]:
+        """The cache walked again, each chunk that met a transient error as it was before, if it was."""
+        before = old_pkgs[pkgs_dir].chunks if pkgs_dir in old_pkgs else ()
+        chunks = []
+        for walked in measure_cache(root, pkgs_dir, options):
+            chunks.append(keep_chunk(walked, before))
+            if chunks[-1] is not walked:
+                held.extend(walked.usage.errors)
+        return chunks
+
+    new_pkgs = {d: walk_cache(r, d) for r, d in sorted(whole)}
     old_tables = [c.usage.shared for d in new_pkgs if d in old_pkgs for c in old_pkgs[d].chunks]
     new_tables = [c.usage.shared for chunks in new_pkgs.values() for c in chunks]
     replaced: dict[str, dict[int, PkgsChunk]] = {}  # cache -> chunk index -> the chunk walked again
 
     def walk_chunk(pkgs_dir: str, i: int) -> None:
         before_chunk = old_pkgs[pkgs_dir].chunks[i]
-        after_chunk = remeasure_chunk(before_chunk, options)
+        walked = remeasure_chunk(before_chunk, options)
+        after_chunk = keep_chunk(walked, (before_chunk,))
+        if after_chunk is not walked:
+            held.extend(walked.usage.errors)
         replaced.setdefault(pkgs_dir, {})[i] = after_chunk
         old_tables.append(before_chunk.usage.shared)
         new_tables.append(after_chunk.usage.shared)
@@ -188,7 +212,7 @@ def rescan(
         if not walk_envs and not walk_chunks:
             break
         for prefix in walk_envs:
-            new_envs[prefix] = measure_env(envs_now[prefix], options)
+            new_envs[prefix] = walk_env(prefix)
             old_tables.append(old_envs[prefix].usage.shared)
             new_tables.append(new_envs[prefix].usage.shared)
         for pkgs_dir, i in walk_chunks:
@@ -198,7 +222,7 @@ def rescan(
     stale = _reflink_stale(old_envs, old_pkgs, new_envs=new_envs, new_pkgs=new_pkgs, replaced=replaced,
                            removed=removed_envs)
     for prefix in stale:
-        new_envs[prefix] = measure_env(envs_now[prefix], options)
+        new_envs[prefix] = walk_env(prefix)
         old_tables.append(old_envs[prefix].usage.shared)
         new_tables.append(new_envs[prefix].usage.shared)
     if stale:
@@ -237,6 +261,7 @@ def rescan(
     errors += [e for chunks in new_pkgs.values() for c in chunks for e in c.usage.errors]
     errors += [e for chunks in replaced.values() for c in chunks.values() for e in c.usage.errors]
     errors += [e for u in new_rest.values() if u is not None for e in u.errors]
+    errors += held
     snapshot = assemble(parts, errors, started, options.stale_after, previous=old)
     log.info(
         "rescanned %d env(s), %d whole cache(s), %d cache chunk(s), %d root(s), dropped %d env(s) in %.3f s",

@@ -11,6 +11,9 @@ queue overflow, and after a warm start (loaded numbers count as verified only on
 Fingerprints are compared every ``poll_interval`` seconds in either mode: in poll mode that is the
 change detection; with inotify it catches what no watch sees (a file added in an env's top-level
 dirs, e.g. ``share/``).
+A tree whose walk met a transient error (a network filesystem's ESTALE, EIO, ...) keeps its previous numbers
+and is walked again after a back-off (:mod:`exporter.daemon.retry`). Rescans of what changed have their own
+scan budget (``--scan.max-rate-incremental``, unlimited by default), full scans ``--scan.max-rate``.
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ from exporter.daemon.detect import ChangeDetector
 from exporter.daemon.discovery import RootSet
 from exporter.daemon.guard import guarded, retry_startup, run_guarded
 from exporter.daemon.incremental import rediscover, rescan
+from exporter.daemon.retry import Retries
 from exporter.daemon.targets import Target
 from exporter.daemon.warm import PublishedState
 from exporter.discover.roots import Discovery, RootLayout
-from exporter.model import ScanOptions
+from exporter.model import ScanOptions, Snapshot
+from exporter.scan.budget import scan_budget
 from exporter.snapshot.full import full_scan
 from exporter.snapshot.store import SnapshotStore
+from exporter.snapshot.transient import retry_paths
 
 if TYPE_CHECKING:
     from exporter.config import Settings
@@ -55,6 +61,7 @@ class DaemonConfig:
     poll_interval: float
     reconcile_interval: float
     state_file: str | None
+    incremental_max_rate: int = 0  # paths per second of rescans of what changed (0: unlimited)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DaemonConfig:
@@ -64,6 +71,7 @@ class DaemonConfig:
             poll_interval=settings.watch_poll_interval,
             reconcile_interval=settings.scan_interval,
             state_file=str(settings.state_file) if settings.state_file else None,
+            incremental_max_rate=settings.scan_max_rate_incremental,
         )
 
 
@@ -104,6 +112,7 @@ class Daemon:
         self._cond = threading.Condition()  # guards _dirty, _reconcile_requested and reconfiguration
         self._dirty = DirtyTargets(config.debounce)
         self._reconcile_requested = False
+        self._retries = Retries()
         self._stop = threading.Event()
         self._next_poll, self._next_reconcile = 0.0, inf
         self._thread = threading.Thread(
@@ -177,6 +186,8 @@ class Daemon:
         if time.monotonic() >= self._next_poll:
             self._next_poll = due_after(self.config.poll_interval)
             self.detector.poll(in_order(self.layouts, self.roots), self.published.prints)
+        for target in self._retries.take_due(time.monotonic()):
+            self.mark_dirty(target, "retry")
         with self._cond:
             now = time.monotonic()
             batch = self._dirty.take_due(now)
@@ -184,7 +195,7 @@ class Daemon:
             verify = self.published.verify_pending and not batch and not self._dirty.pending("state")
             reconcile = self._reconcile_requested or now >= self._next_reconcile or verify
             if not batch and not reconcile:
-                wake = min(self._dirty.next_due(), self._next_reconcile, self._next_poll)
+                wake = min(self._dirty.next_due(), self._next_reconcile, self._next_poll, self._retries.next_due())
                 if wake > now:
                     self._cond.wait(min(wake - now, 3600.0))
                 return
@@ -210,18 +221,28 @@ class Daemon:
         try:
             self.layouts = self.rootset.discover_all()
             prints = self.detector.rewatch(in_order(self.layouts, self.roots), None)
-            snapshot = full_scan(in_order(self.layouts, self.roots), options)
+            snapshot = full_scan(in_order(self.layouts, self.roots), options, previous=self.store.snapshot)
         except Exception:  # a bug must not kill the daemon: count it, keep serving the old snapshot
             return failed(self.store, trigger, started, f"{trigger} scan failed")
         self.store.publish(snapshot, trigger)
         self.published.scanned_all(prints)
         log.info("%s scan of %d root(s), %d env(s) done in %.2f s with %d error(s)", trigger, len(snapshot.roots),
                  len(snapshot.envs), snapshot.duration_seconds, len(snapshot.errors))
-        return frozenset(e.prefix for e in snapshot.envs) | frozenset(p.path for p in snapshot.pkgs)
+        walked = frozenset(e.prefix for e in snapshot.envs) | frozenset(p.path for p in snapshot.pkgs)
+        self._schedule_retries(snapshot, walked)
+        return walked
+
+    def _schedule_retries(self, snapshot: Snapshot, walked: frozenset[str]) -> None:
+        """Walk again, after a back-off, the trees of ``snapshot`` whose walk met a transient error."""
+        failed = {Target(kind, path, root) for kind, path, root in retry_paths(snapshot)}  # type: ignore[arg-type]
+        for target in sorted(failed):
+            log.warning("transient error walking %s: its previous numbers stay served; walking it again later",
+                        target.path)
+        self._retries.scanned(failed, walked, time.monotonic())
 
     def _batch(self, batch: dict[Target, str], suspect: frozenset[str]) -> frozenset[str]:
         """Rescan ``batch`` and publish the result; the env prefixes and cache dirs walked."""
-        trigger = next((t for t in ("state", "poll") if t in batch.values()), "event")
+        trigger = next((t for t in ("state", "poll", "retry") if t in batch.values()), "event")
         started, old = time.monotonic(), self.store.snapshot
         if old is None:
             return frozenset()  # nothing published yet to rescan from: the startup or next reconcile scan covers it
@@ -229,11 +250,14 @@ class Daemon:
             layouts = rediscover(set(batch), self.roots, self.layouts, self.rootset.discover)
             # a new env is watched before its first walk: no change after the walk can be lost
             prints = self.detector.rewatch(in_order(layouts, self.roots), batch)
-            result = rescan(old, set(batch), roots=self.roots, layouts=layouts, options=self.options,
-                            started=started, suspect=suspect)
+            incremental = replace(self.options, max_rate=self.config.incremental_max_rate, max_rate_network_only=False)
+            with scan_budget(incremental, "incremental") as options:
+                result = rescan(old, set(batch), roots=self.roots, layouts=layouts, options=options,
+                                started=started, suspect=suspect)
         except Exception:
             return failed(self.store, trigger, started, f"{trigger} rescan of {sorted(t.path for t in batch)} failed")
         self.layouts = layouts
         self.store.publish(result.snapshot, trigger, verified=not self.published.unverified)
         self.published.rescanned(batch, prints)
+        self._schedule_retries(result.snapshot, result.walked | {t.path for t in batch})
         return result.walked

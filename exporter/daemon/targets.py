@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from exporter.discover.roots import RootLayout
+from exporter.scan.budget import NETWORK_FILESYSTEMS, mount_type
 from exporter.scan.cachelayout import list_cache
 
 __all__ = [
@@ -36,12 +37,6 @@ __all__ = [
     "top_stamps",
     "watch_specs",
 ]
-
-NETWORK_FILESYSTEMS = frozenset(
-    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "ceph", "glusterfs", "lustre", "gpfs", "beegfs",
-     "9p", "fuse.sshfs", "fuse.glusterfs", "fuse.cephfs", "fuse.s3fs", "fuse.rclone", "davfs", "fuse.davfs2"}
-)
-"""Filesystem types (``/proc/self/mountinfo``) whose changes by other hosts inotify cannot see."""
 
 MAX_LEVEL_WATCHES = 256
 """Channel/platform dirs of one cache watched at most (a hostile tree must not exhaust inotify
@@ -185,21 +180,4 @@ def fingerprints(specs: Iterable[WatchSpec]) -> dict[Target, Fingerprint]:
     return {target: tuple(values) for target, values in stamps.items()}
 
 
-def filesystem_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str:
-    """Type of the filesystem holding ``path`` (longest mount point prefix), "" if unknown."""
-    best, fstype = "", ""
-    try:
-        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return ""
-    for line in lines:
-        left, sep, right = line.partition(" - ")
-        fields = left.split()
-        if not sep or len(fields) < 5:
-            continue
-        mount_point = fields[4].encode().decode("unicode_escape")
-        inside = path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
-        if inside and len(mount_point) >= len(best):
-            best, fstype = mount_point, right.split()[0]
-    return fstype
+filesystem_type = mount_type  # (where it was before the scan budget needed it too)

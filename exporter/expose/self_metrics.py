@@ -11,11 +11,12 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.discover.roots import SKIP_REASONS, SKIPPED
-from exporter.model import Snapshot
+from exporter.model import TRANSIENT_KIND, Snapshot
 from exporter.scan import walk
+from exporter.scan.budget import budget_totals
 from exporter.snapshot.store import DURATION_BUCKETS, SnapshotStore
 
-ERROR_KINDS = ("permission", "vanished", "io", "metadata")
+ERROR_KINDS = ("permission", "vanished", "io", TRANSIENT_KIND, "metadata")
 
 BUILD_INFO = "conda_exporter_build_info"
 BUILD_INFO_HELP = (
@@ -29,7 +30,21 @@ LAST_SUCCESS_TIME_HELP = "Unix time at which the last successful scan completed.
 LAST_DURATION = "conda_exporter_last_scan_duration_seconds"
 LAST_DURATION_HELP = "Wall time of the last full scan."
 SCAN_ERRORS = "conda_exporter_scan_errors"
-SCAN_ERRORS_HELP = "Paths that scans could not read, by kind (permission, vanished, io, metadata)."
+SCAN_ERRORS_HELP = (
+    "Paths that scans could not read, by kind (permission, vanished, io, transient: a network filesystem's "
+    "passing error, the tree keeps its previous numbers and is walked again after a back-off; metadata)."
+)
+BUDGET_RATE = "conda_exporter_scan_budget_paths_per_second"
+BUDGET_RATE_HELP = (
+    "Scan budget in force at the last scan of each kind (full: startup and reconcile scans; incremental: "
+    "rescans of what changed), in paths stat()ed per second over all workers; 0: unlimited."
+)
+BUDGET_WAIT = "conda_exporter_scan_budget_wait_seconds"
+BUDGET_WAIT_HELP = (
+    "Seconds scan walks slept waiting for the scan budget, added up over the walks (several workers wait at "
+    "once), by scan kind."
+)
+BUDGET_KINDS = ("full", "incremental")
 SCANS = "conda_exporter_scans"
 SCANS_HELP = "Scans run, by trigger (startup, event, poll, reconcile, state) and result."
 WATCH_MODES = ("inotify", "poll")
@@ -102,6 +117,7 @@ class ExporterCollector(Collector):
             daemon_errors.add_metric((kind,), health.daemon_errors_total.get(kind, 0))
         yield daemon_errors
 
+        yield from scan_budget_metrics()
         yield GaugeMetricFamily(ENVS, ENVS_HELP, value=len(snapshot.envs) if snapshot else 0)
         yield skipped_dirs(snapshot)
 
@@ -141,6 +157,20 @@ class ExporterCollector(Collector):
                 state.add_metric((result,), 1 if health.state_loaded == result else 0)
         yield state
         yield oldest_result(snapshot)
+
+
+def scan_budget_metrics() -> Iterator[Metric]:
+    """The scan budget in force and the seconds walks waited for it, by scan kind (both always present).
+    Read from :mod:`exporter.scan.budget`, which the scans update before they publish: they change with the
+    store, as the rest."""
+    rates, waited = budget_totals()
+    rate = GaugeMetricFamily(BUDGET_RATE, BUDGET_RATE_HELP, labels=("scan",))
+    wait = CounterMetricFamily(BUDGET_WAIT, BUDGET_WAIT_HELP, labels=("scan",))
+    for kind in BUDGET_KINDS:
+        rate.add_metric((kind,), rates.get(kind, 0))
+        wait.add_metric((kind,), waited.get(kind, 0.0))
+    yield rate
+    yield wait
 
 
 def skipped_dirs(snapshot: Snapshot | None) -> GaugeMetricFamily:

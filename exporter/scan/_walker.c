@@ -36,6 +36,12 @@
  * A mapped file's blocks, everywhere but in package_blocks and untracked_blocks, are then its st_blocks
  * less those extents. Extents of unknown place (delayed allocation), inline or encoded (compressed) are
  * left in the blocks, as du counts them.
+ *
+ * With budget_fd >= 0 (the scan budget, exporter.scan.budget: a file of the layout of budget_block, shared by
+ * every worker process of a scan), the walk takes `batch` paths at a time from the bucket before reading
+ * them, ns_per_path nanoseconds each, under flock, and sleeps until their time comes: all without the GIL
+ * and without calling into Python. What the last batch did not use is given back when the walk ends.
+ * Without it the per-path loop pays one test of a pointer.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -46,9 +52,12 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <linux/fiemap.h>
@@ -273,6 +282,13 @@ typedef struct {
     size_t npending, pending_cap;
 } frame;
 
+/* The bucket file of exporter.scan.budget (struct "=qQQ"): the CLOCK_MONOTONIC time in ns from which the
+ * next path may be read, the ns that walks slept waiting, the paths granted. */
+struct budget_block {
+    int64_t next_free;
+    uint64_t waited, granted;
+};
+
 /* Directory fds a walk holds open at most. Depth-first, a walk needs one per level that still has
  * subdirectories to open; past this many the shallowest are closed and reopened by name when needed
  * (checked against the device and inode seen first), so a tree of any depth walks within the usual
@@ -314,7 +330,46 @@ typedef struct {
     int entry_fd; /* the cache entry of package entry_index, open (or -1) */
     Py_ssize_t entry_index;
     int out_of_memory;
+    /* the scan budget: the shared bucket (NULL: unbudgeted), its fd, the cost of a path, the batch and
+     * what is left of the batch taken last */
+    struct budget_block *budget;
+    int budget_fd;
+    int64_t ns_per_path, batch, budget_left;
 } walk_state;
+
+static int64_t monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Take a batch of paths from the shared bucket and sleep until they may be read (the GIL is not held). */
+static void budget_take(walk_state *w) {
+    volatile struct budget_block *b = w->budget;
+    flock(w->budget_fd, LOCK_EX);
+    int64_t now = monotonic_ns(), start = b->next_free > now ? b->next_free : now;
+    b->next_free = start + w->batch * w->ns_per_path;
+    b->waited += (uint64_t)(start - now);
+    b->granted += (uint64_t)w->batch;
+    flock(w->budget_fd, LOCK_UN);
+    w->budget_left = w->batch;
+    if (start > now) {
+        struct timespec until = {.tv_sec = start / 1000000000, .tv_nsec = start % 1000000000};
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) == EINTR) {
+        }
+    }
+}
+
+/* Give back the paths of the last batch that the walk did not read. */
+static void budget_refund(walk_state *w) {
+    if (!w->budget_left) return;
+    volatile struct budget_block *b = w->budget;
+    flock(w->budget_fd, LOCK_EX);
+    b->next_free -= w->budget_left * w->ns_per_path;
+    b->granted -= (uint64_t)w->budget_left;
+    flock(w->budget_fd, LOCK_UN);
+    w->budget_left = 0;
+}
 
 static int is_metadata_dir(const char *rel, size_t len) {
     size_t n = sizeof(METADATA_DIR) - 1;
@@ -510,6 +565,10 @@ static int list_dir(walk_state *w) {
         if (name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'))) continue;
         size_t path_len = path_append(w, dir_len, name);
         if (!path_len) { rc = -1; break; }
+        if (w->budget) {
+            if (!w->budget_left) budget_take(w);
+            w->budget_left--;
+        }
         struct stat st;
         if (fstatat(f->fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
             if ((rc = error_at(w, path_len, (uint64_t)errno)) < 0) break;
@@ -861,10 +920,11 @@ static PyObject *walker_walk(PyObject *Py_UNUSED(self), PyObject *args) {
     const char *top;
     Py_ssize_t top_len;
     unsigned long long dev, ino;
-    int cross, map_extents, map_hardlinked;
+    int cross, map_extents, map_hardlinked, budget_fd;
+    long long ns_per_path, batch;
     PyObject *exclude, *files, *relocated, *entries;
-    if (!PyArg_ParseTuple(args, "y#KKOpOOOpp", &top, &top_len, &dev, &ino, &exclude, &cross, &files, &relocated,
-                          &entries, &map_extents, &map_hardlinked))
+    if (!PyArg_ParseTuple(args, "y#KKOpOOOppiLL", &top, &top_len, &dev, &ino, &exclude, &cross, &files, &relocated,
+                          &entries, &map_extents, &map_hardlinked, &budget_fd, &ns_per_path, &batch))
         return NULL;
     walk_state w;
     memset(&w, 0, sizeof w);
@@ -878,12 +938,22 @@ static PyObject *walker_walk(PyObject *Py_UNUSED(self), PyObject *args) {
     w.map_extents = map_extents;
     w.map_hardlinked = map_hardlinked;
     w.has_owned = files != Py_None;
+    if (budget_fd >= 0 && batch > 0 && ns_per_path > 0) {
+        void *block = mmap(NULL, sizeof(struct budget_block), PROT_READ | PROT_WRITE, MAP_SHARED, budget_fd, 0);
+        if (block != MAP_FAILED) { /* (else unbudgeted: the file is exporter.scan.budget's, made mappable) */
+            w.budget = block;
+            w.budget_fd = budget_fd;
+            w.ns_per_path = ns_per_path;
+            w.batch = batch;
+        }
+    }
     PyObject *result = NULL, *holder = PyList_New(0);
     if (!holder || fill_set(&w.exclude, exclude, holder) < 0) goto out;
     if (w.has_owned ? load_ownership(&w, files, relocated, entries, holder) < 0 : strmap_init(&w.owned, 0) < 0) goto out;
 
     Py_BEGIN_ALLOW_THREADS
     walk_all(&w);
+    if (w.budget) budget_refund(&w);
     Py_END_ALLOW_THREADS
     if (w.out_of_memory) {
         PyErr_NoMemory();
@@ -892,6 +962,7 @@ static PyObject *walker_walk(PyObject *Py_UNUSED(self), PyObject *args) {
     result = walk_result(&w);
 out:
     Py_XDECREF(holder);
+    if (w.budget) munmap(w.budget, sizeof(struct budget_block));
     free(w.exclude.slots);
     free(w.owned.slots);
     free(w.package_blocks);

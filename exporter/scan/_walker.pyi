@@ -63,5 +63,8 @@ def walk(
     cache_entries: Sequence[str | None],
     map_extents: bool,
     map_hardlinked: bool,
+    budget_fd: int,
+    ns_per_path: int,
+    batch: int,
     /,
 ) -> WalkResult: ...

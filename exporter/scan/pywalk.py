@@ -13,6 +13,7 @@ import os
 import stat
 
 from exporter.model import BLOCK_SIZE, METADATA_DIR, WalkError
+from exporter.scan.budget import Bucket, WalkBudget
 from exporter.scan.reflink import shared_extents
 from exporter.scan.walk import MAX_OPEN_DIRS, REPLACED_MESSAGE, Ownership, TreeWalk, error_kind
 
@@ -46,6 +47,30 @@ def _in_cache(entry: str | None, rel: str) -> bool:
         os.close(fd)
 
 
+class _Spender:
+    """The walk's side of the scan budget, as ``_walker.c``'s ``budget_take``: a batch of paths taken from the
+    shared bucket before they are read, what it did not use given back at the end."""
+
+    __slots__ = ("batch", "bucket", "left", "ns_per_path")
+
+    def __init__(self, budget: WalkBudget) -> None:
+        self.bucket = Bucket(budget.fd)
+        self.ns_per_path = budget.ns_per_path
+        self.batch = budget.batch
+        self.left = 0
+
+    def spend(self) -> None:
+        """Pay for one path, sleeping for a new batch when the last one is used up."""
+        if not self.left:
+            self.bucket.take(self.batch, self.ns_per_path)
+            self.left = self.batch
+        self.left -= 1
+
+    def close(self) -> None:
+        self.bucket.refund(self.left, self.ns_per_path)
+        self.bucket.close()
+
+
 class _Frame:
     """A directory on the walk's stack (see ``_walker.c``'s ``frame``): its fd while it has subdirectories
     left to open (else -1), its name in the frame below (its path for top), the (dev, ino) it was opened
@@ -75,11 +100,13 @@ class PythonWalk:
         *,
         map_extents: bool = False,
         map_hardlinked: bool = False,
+        budget: WalkBudget | None = None,
     ) -> None:
         self.result = result
         self.lister = _Lister(
             result, exclude, cross_filesystems, ownership, map_extents=map_extents, map_hardlinked=map_hardlinked
         )
+        self.lister.spender = _Spender(budget) if budget is not None else None
         self.frames: list[_Frame] = []
         self.open_fds = 0
 
@@ -110,6 +137,8 @@ class PythonWalk:
         finally:
             while frames:
                 self._pop()
+            if self.lister.spender is not None:
+                self.lister.spender.close()
 
     def _open_at(self, parent: int | None, name: str, dev: int, ino: int, path: str) -> int | None:
         """Open ``name`` in the directory ``parent`` (``name`` is top's path when None) without following
@@ -204,6 +233,7 @@ class _Lister:
         result.cached_single_blocks = [0] * packages
         result.uncached_single_blocks = [0] * packages
         self.untracked_inodes: set[int] = set()
+        self.spender: _Spender | None = None
 
     def list(self, frame: _Frame) -> None:
         """Count every entry of ``frame``'s directory, stat()ed from its fd, and keep its subdirectories."""
@@ -217,9 +247,12 @@ class _Lister:
         pending = frame.pending
         ino_append, nlink_append, blocks_append = result.ino.append, result.nlink.append, result.blocks.append
         dirs = files = hardlinked = apparent = private_blocks = skipped_mounts = 0
+        spender = self.spender
         try:
             with os.scandir(frame.fd) as entries:
                 for entry in entries:
+                    if spender is not None:
+                        spender.spend()
                     try:
                         st = entry.stat(follow_symlinks=False)
                     except OSError as exc:

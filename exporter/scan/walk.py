@@ -23,11 +23,13 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from exporter.model import WalkError
+from exporter.model import TRANSIENT_KIND, WalkError
+from exporter.scan.budget import WalkBudget, walk_budget
 from exporter.scan.reflink import can_reflink
 
 __all__ = [
-    "MAX_OPEN_DIRS", "REPLACED_MESSAGE", "WALKER", "Ownership", "TreeWalk", "errno_kind", "error_kind", "walk_tree",
+    "MAX_OPEN_DIRS", "REPLACED_MESSAGE", "TRANSIENT_ERRNOS", "WALKER", "Ownership", "TreeWalk", "errno_kind",
+    "error_kind", "walk_tree",
 ]
 
 try:
@@ -45,13 +47,24 @@ needed, so a tree of any depth walks within the usual RLIMIT_NOFILE of 1024."""
 REPLACED_MESSAGE = "replaced by another directory between its listing and its opening; not entered"
 
 
+TRANSIENT_ERRNOS = frozenset(
+    {errno.ESTALE, errno.EIO, errno.ETIMEDOUT, errno.EINTR, errno.ENOTCONN, errno.EREMOTEIO, errno.EHOSTDOWN}
+)
+"""Errors of a network filesystem (a stale handle, a server not answering in time, a connection lost) that
+a later walk may not meet: kind ``transient`` (see :data:`exporter.model.TRANSIENT_KIND`). EIO is among
+them: NFS and FUSE give it when the server fails a request; on a local disk it is a bad sector, which a
+retry meets again and which keeps the tree's previous numbers, with its last-scan time showing their age."""
+
+
 def errno_kind(code: int | None) -> str:
-    """Classify an errno met while walking: ``permission``, ``vanished`` or ``io``."""
+    """Classify an errno met while walking: ``permission``, ``vanished``, ``transient`` or ``io``."""
     if code in (errno.EACCES, errno.EPERM):
         return "permission"
     # ENOTDIR/ELOOP: a directory was replaced by a file or symlink between listing and opening it.
     if code in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
         return "vanished"
+    if code in TRANSIENT_ERRNOS:
+        return TRANSIENT_KIND
     return "io"
 
 
@@ -180,19 +193,20 @@ def walk_tree(
     result.apparent_bytes = top_stat.st_size
     result.private_blocks = top_stat.st_blocks
     map_extents = can_reflink(top, top_stat.st_dev)
-    if _native is not None:
-        _walk_native(
-            result, top_stat.st_ino, exclude, cross_filesystems, ownership, map_extents=map_extents,
-            map_hardlinked=map_extents and map_hardlinked,
-        )
-    else:
-        from exporter.scan.pywalk import PythonWalk  # only where the extension is missing (or a test says so)
+    with walk_budget(top, top_stat.st_dev) as budget:
+        if _native is not None:
+            _walk_native(
+                result, top_stat.st_ino, exclude, cross_filesystems, ownership, map_extents=map_extents,
+                map_hardlinked=map_extents and map_hardlinked, budget=budget,
+            )
+        else:
+            from exporter.scan.pywalk import PythonWalk  # only where the extension is missing (or a test says so)
 
-        walk = PythonWalk(
-            result, exclude, cross_filesystems, ownership, map_extents=map_extents,
-            map_hardlinked=map_extents and map_hardlinked,
-        )
-        walk.run(top_stat.st_ino)
+            walk = PythonWalk(
+                result, exclude, cross_filesystems, ownership, map_extents=map_extents,
+                map_hardlinked=map_extents and map_hardlinked, budget=budget,
+            )
+            walk.run(top_stat.st_ino)
     return result
 
 
@@ -205,6 +219,7 @@ def _walk_native(
     *,
     map_extents: bool,
     map_hardlinked: bool,
+    budget: WalkBudget | None,
 ) -> None:
     assert _native is not None
     files, relocated, entries = (
@@ -212,7 +227,7 @@ def _walk_native(
     )
     walked = _native.walk(
         os.fsencode(result.path), result.dev, ino, exclude, cross, files, relocated, entries, map_extents,
-        map_hardlinked,
+        map_hardlinked, *((budget.fd, budget.ns_per_path, budget.batch) if budget else (-1, 0, 0)),
     )
     result.dirs += walked.dirs
     result.files += walked.files
