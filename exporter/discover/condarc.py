@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import yaml
 
+from exporter.discover.smallfile import read_small_file
+
 __all__ = ["CondaDirs", "config_files", "read_conda_dirs"]
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,10 @@ def config_files(root: str, home: str | None, environ: Mapping[str, str]) -> lis
     return files
 
 
+# A .condarc is a few hundred bytes; 1 MiB bounds what a file put in its place (a FIFO is refused) can cost.
+MAX_CONDARC_BYTES = 1 << 20
+
+
 def _dirs_from(path: str, key: str, data: Mapping[str, object]) -> list[str]:
     value = data.get(key)
     if value is None:
@@ -94,8 +100,7 @@ def read_conda_dirs(root: str, home: str | None, environ: Mapping[str, str]) -> 
     pkgs: list[str] = []
     for path in config_files(root, home, environ):
         try:
-            with open(path, encoding="utf-8") as handle:
-                data = yaml.safe_load(handle)
+            data = yaml.safe_load(read_small_file(path, MAX_CONDARC_BYTES).decode("utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             log.warning("skipping conda configuration %r: %s", path, exc)
             continue

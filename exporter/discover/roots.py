@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.discover.condarc import CondaDirs, read_conda_dirs
+from exporter.discover.smallfile import UnsafeFileError, read_small_file
 from exporter.model import METADATA_DIR
 
 __all__ = [
@@ -306,17 +307,33 @@ def _rattler_cache(home: str | None) -> tuple[str, ...]:
     return (cache,) if _is_dir(cache) else ()
 
 
-def environments_txt_prefixes() -> list[str]:
+# environments.txt lists one prefix a line: 1 MiB is thousands of envs, far past any real user's file.
+MAX_ENVIRONMENTS_TXT_BYTES = 1 << 20
+
+
+def environments_txt_prefixes(users: Iterable[tuple[str, int]] | None = None) -> list[str]:
     """Prefixes listed in ``~/.conda/environments.txt`` of every user of the machine (conda records
-    there each env it creates). Unreadable files are skipped; stale entries are left to the caller."""
+    there each env it creates); ``users``: (home, uid) pairs, by default every account of ``pwd``.
+
+    The file is its user's to write, so it is read only if it is a regular file (no FIFO, device or symlink)
+    of at most :data:`MAX_ENVIRONMENTS_TXT_BYTES` owned by that user (a hardlink to a file they may not
+    read would otherwise have its lines logged as missing envs); others are skipped with a warning.
+    Missing or unreadable files are skipped quietly; stale entries are left to the caller.
+    """
+    if users is None:
+        users = [(user.pw_dir, user.pw_uid) for user in pwd.getpwall()]
     prefixes: list[str] = []
-    for user in pwd.getpwall():
-        path = os.path.join(user.pw_dir, ".conda", "environments.txt")
+    for home, uid in users:
+        path = os.path.join(home, ".conda", "environments.txt")
         try:
-            with open(path, encoding="utf-8", errors="surrogateescape") as handle:
-                prefixes += [line.strip() for line in handle if line.strip() and not line.startswith("#")]
+            data = read_small_file(path, MAX_ENVIRONMENTS_TXT_BYTES, owner=uid, follow_symlinks=False)
+        except UnsafeFileError as exc:
+            log.warning("skipping %s", exc)
+            continue
         except OSError:
             continue
+        lines = data.decode("utf-8", errors="surrogateescape").splitlines()
+        prefixes += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     return prefixes
 
 
