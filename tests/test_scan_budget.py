@@ -1,0 +1,115 @@
+"""The scan budget (``--scan.max-rate N``): a full scan reads at most N paths per second over all its workers,
+in every 1 s window, and so takes P/N seconds for P paths.
+
+The oracles are independent of the exporter: ``find`` counts the paths; ``strace -f -ttt`` records the time of
+every per-path ``fstatat`` of the real ``--once`` process and its workers, bucketed here into sliding 1 s
+windows. (strace slows the process a lot: the window check uses it with a small N, the P/N timing does not.)
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import exporter.scan.walk
+from exporter.discover.roots import Discovery
+from exporter.model import ScanOptions
+from exporter.scan.budget import batch_size, budget_totals
+from exporter.snapshot.full import full_scan
+from tests.exposition import samples
+
+GENERATE = Path(__file__).resolve().parent.parent / "benchmarks" / "generate.py"
+# A per-path stat of the walk: fstatat of a name relative to a directory fd, not following symlinks
+# (glibc's fstat of an open fd is newfstatat(fd, "", ..., AT_EMPTY_PATH), left out: not a path of the tree;
+# with -f, a call another process interrupted is cut at "<unfinished ...>", before its flags).
+PATH_STAT = re.compile(
+    r'^\d+\s+(\d+\.\d+) (?:newfstatat|fstatat64)\(\d+, "[^"]+", (?:.*AT_SYMLINK_NOFOLLOW|\s*<unfinished \.\.\.>)'
+)
+
+
+@pytest.fixture(scope="module")
+def small_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """benchmarks/generate.py's small tree: ~10k paths, 5 envs, 50 packages."""
+    out = tmp_path_factory.mktemp("budget") / "small"
+    subprocess.run([sys.executable, str(GENERATE), "--size", "small", "--out", str(out)], check=True,
+                   capture_output=True)
+    return out
+
+
+def _paths(root: Path) -> int:
+    found = subprocess.run(["find", str(root), "-mindepth", "1"], check=True, capture_output=True, text=True)
+    return len(found.stdout.splitlines())
+
+
+def _scan_seconds(root: Path, options: ScanOptions) -> float:
+    layouts = Discovery((str(root),), (), False).layouts()
+    started = time.monotonic()
+    snapshot = full_scan(layouts, options)
+    assert not snapshot.errors
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("walker", ["native", "python"])
+def test_budgeted_full_scan_takes_paths_over_rate(
+    small_tree: Path, walker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if walker == "python":  # in this process (one worker): the monkeypatch does not reach worker processes
+        monkeypatch.setattr(exporter.scan.walk, "_native", None)
+    workers = 2 if walker == "native" else 1
+    rate = 5000
+    paths = _paths(small_tree)
+    assert paths > 9000
+    plain = ScanOptions(workers=workers, cross_filesystems=False, top_packages=0, stale_after=1e9)
+    unbudgeted = _scan_seconds(small_tree, plain)
+    waited_before = budget_totals()[1]["full"]
+
+    budgeted = _scan_seconds(small_tree, ScanOptions(workers=workers, cross_filesystems=False, top_packages=0,
+                                                     stale_after=1e9, max_rate=rate))
+
+    expected = paths / rate  # ~2 s
+    # Never faster than the budget allows; slower only by what the same scan costs without it (this run).
+    assert 0.9 * expected <= budgeted <= 1.1 * expected + unbudgeted, (budgeted, expected, unbudgeted)
+    assert budget_totals()[0]["full"] == rate
+    assert budget_totals()[1]["full"] - waited_before > 0.5 * expected  # the walks slept for it, and said so
+
+
+def test_no_one_second_window_exceeds_the_rate(small_tree: Path, exporter_cmd: list[str], tmp_path: Path) -> None:
+    if shutil.which("strace") is None:
+        pytest.skip("needs strace (Debian package strace)")
+    rate, workers = 2000, 2
+    trace = tmp_path / "trace"
+    done = subprocess.run(
+        ["strace", "-f", "-ttt", "-e", "trace=newfstatat,fstatat64", "-o", str(trace), *exporter_cmd, "--once",
+         "--root", str(small_tree), "--scan.max-rate", str(rate), "--scan.workers", str(workers)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    times = sorted(float(m.group(1)) for line in trace.read_text().splitlines() if (m := PATH_STAT.match(line)))
+    assert len(times) >= 0.98 * _paths(small_tree)  # every path of the tree was stat()ed, and counted here
+    # The most stats in any window [t, t + 1 s) starting at a stat.
+    most, j = 0, 0
+    for i, start in enumerate(times):
+        while j < len(times) and times[j] < start + 1.0:
+            j += 1
+        most = max(most, j - i)
+    assert most <= rate * 1.1, (most, rate)
+    assert batch_size(rate, workers) * (workers + 1) <= rate * 0.05  # the design's own margin, within the 10%
+
+    metrics = samples(done.stdout)
+    assert metrics["conda_exporter_scan_budget_paths_per_second"][(("scan", "full"),)] == rate
+    assert metrics["conda_exporter_scan_budget_wait_seconds_total"][(("scan", "full"),)] > 0
+
+
+def test_auto_budget_leaves_local_filesystems_alone(small_tree: Path, exporter_cmd: list[str]) -> None:
+    """Auto (the default): no budget on a local filesystem, so the scan is as fast as without one."""
+    done = subprocess.run([*exporter_cmd, "--once", "--root", str(small_tree)], capture_output=True, text=True,
+                          timeout=120, check=True)
+    metrics = samples(done.stdout)
+    assert metrics["conda_exporter_scan_budget_paths_per_second"][(("scan", "full"),)] == 0
+    assert metrics["conda_exporter_scan_budget_wait_seconds_total"][(("scan", "full"),)] == 0
