@@ -6,6 +6,7 @@ number equals the find/du oracle. No fixed sleeps.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import subprocess
@@ -49,15 +50,29 @@ class Running:
             raise AssertionError(f"{what}: {mismatches(text, self.root)}") from None
 
 
-def start(exporter_cmd: list[str], root: Path, *extra: str) -> Running:
+def start(exporter_cmd: list[str], root: Path, *extra: str, debounce: float = 0.2) -> Running:
+    """A real exporter daemon on ``root`` (one worker, ``debounce`` s), ready; no CONDA* variable of this
+    session reaches it, and its HOME is beside the root."""
     port = free_port()
     proc = subprocess.Popen(
         [*exporter_cmd, "--root", str(root), "--web.listen-address", f"127.0.0.1:{port}", "--watch.debounce",
-         "0.2", "--scan.workers", "1", *extra],
+         str(debounce), "--scan.workers", "1", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("CONDA")}, "HOME": str(root.parent)},
     )
-    wait_ready(proc, port)
+    try:
+        wait_ready(proc, port)
+    except AssertionError:
+        proc.kill()
+        proc.communicate()
+        raise
     return Running(proc, port, root)
+
+
+def stop(running: Running) -> str:
+    """SIGTERM (a clean stop, which writes the state file if there is one); the process's log."""
+    running.proc.terminate()
+    return running.proc.communicate(timeout=10)[1]
 
 
 @pytest.fixture

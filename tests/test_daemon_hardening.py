@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -24,34 +23,12 @@ from exporter.snapshot.full import full_scan
 from tests.condaops import create_env, install, metrics_match, mismatches, package_files, packages, remove
 from tests.exposition import by_label, samples
 from tests.fixture_tree import build_fixture_root
-from tests.httpwait import fetch, free_port, poll, wait_ready
+from tests.httpwait import fetch, poll
 from tests.options import scan_options
 from tests.oracle import tree_numbers
-from tests.test_daemon import DEADLINE, Running
+from tests.test_daemon import DEADLINE, Running, start, stop
 
 FORGED = 7 * 2**40  # 7 TiB: no env of the fixture root is anywhere near it
-
-
-def launch(exporter_cmd: list[str], root: Path, *extra: str, debounce: float = 0.2) -> Running:
-    port = free_port()
-    proc = subprocess.Popen(
-        [*exporter_cmd, "--root", str(root), "--web.listen-address", f"127.0.0.1:{port}", "--scan.workers", "1",
-         "--watch.debounce", str(debounce), *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("CONDA")}, "HOME": str(root.parent)},
-    )
-    try:
-        wait_ready(proc, port)
-    except AssertionError:
-        proc.kill()
-        proc.communicate()
-        raise
-    return Running(proc, port, root)
-
-
-def stop(running: Running) -> str:
-    running.proc.terminate()
-    return running.proc.communicate(timeout=10)[1]
 
 
 def _forge(node: Any) -> int:
@@ -79,7 +56,7 @@ def _observe(running: Running) -> tuple[float, bool]:
 def _forged_restart(exporter_cmd: list[str], tmp_path: Path, change_meanwhile: bool) -> None:
     root = build_fixture_root(tmp_path / "conda")
     state = tmp_path / "state.json"
-    first = launch(exporter_cmd, root, "--state.file", str(state))
+    first = start(exporter_cmd, root, "--state.file", str(state))
     first.converge("the first run")
     stop(first)
     document = json.loads(state.read_text())
@@ -87,7 +64,7 @@ def _forged_restart(exporter_cmd: list[str], tmp_path: Path, change_meanwhile: b
     state.write_text(json.dumps(document))  # valid types, fingerprints as on disk: only the numbers lie
     if change_meanwhile:  # a real change to web: its rescan (after a 2 s debounce) comes before the confirmation
         (root / "envs" / "web" / "conda-meta" / "history").write_text("# cmd: conda install x\n")
-    second = launch(exporter_cmd, root, "--state.file", str(state), debounce=2.0 if change_meanwhile else 0.2)
+    second = start(exporter_cmd, root, "--state.file", str(state), debounce=2.0 if change_meanwhile else 0.2)
     try:
         seen = [_observe(second)]
         if change_meanwhile:  # the loaded numbers are served at once, and not as verified
@@ -126,7 +103,7 @@ def test_a_write_right_after_a_new_envs_first_walk_is_seen(exporter_cmd: list[st
     land between its first walk and the moment it is watched. Before the fix (watches added after the walk),
     they were lost until the reconcile in most tries."""
     root = build_fixture_root(tmp_path / "conda")
-    running = launch(exporter_cmd, root, "--watch.mode", "inotify", "--scan.interval", "0")
+    running = start(exporter_cmd, root, "--watch.mode", "inotify", "--scan.interval", "0")
     numpy = next(p for p in packages(root) if p.name.startswith("numpy"))
     try:
         running.converge("startup")
@@ -152,7 +129,7 @@ def test_a_file_added_in_share_is_found_by_the_periodic_check(exporter_cmd: list
     """Should fix 3. No watch is on share/ (only conda-meta/ and site-packages/ are): before the fix the file
     stayed uncounted until the reconcile, results_verified 1 all along."""
     root = build_fixture_root(tmp_path / "conda")
-    running = launch(exporter_cmd, root, "--watch.mode", "inotify", "--watch.poll-interval", "0.5",
+    running = start(exporter_cmd, root, "--watch.mode", "inotify", "--watch.poll-interval", "0.5",
                      "--scan.interval", "0")
     try:
         running.converge("startup")
@@ -220,7 +197,7 @@ def test_churn_elsewhere_does_not_rescan_a_finished_batch_again(exporter_cmd: li
         (bulk / "data" / str(i)).mkdir(parents=True)
         for j in range(100):
             (bulk / "data" / str(i) / str(j)).write_bytes(b"b")
-    running = launch(exporter_cmd, root, "--watch.mode", "inotify", "--scan.interval", "0")
+    running = start(exporter_cmd, root, "--watch.mode", "inotify", "--scan.interval", "0")
     web = root / "envs" / "web"
     scipy = next(p for p in packages(root) if p.name.startswith("scipy"))
     try:

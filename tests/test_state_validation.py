@@ -22,9 +22,8 @@ from exporter.daemon.state import MAX_BYTES, MAX_DEPTH, load_state, max_depth, s
 from exporter.discover.roots import discover_root
 from exporter.snapshot.full import full_scan
 from tests.fixture_tree import build_fixture_root
-from tests.httpwait import free_port, wait_ready
 from tests.options import scan_options
-from tests.test_daemon import Running
+from tests.test_daemon import Running, start, stop
 from tests.test_state import value
 
 Mutation = Callable[[Any], None]
@@ -178,26 +177,7 @@ BAD_FILES: dict[str, tuple[str, Callable[[Path, Any], object]]] = {
 
 
 def launch(exporter_cmd: list[str], root: Path, state: Path) -> Running:
-    port = free_port()
-    proc = subprocess.Popen(
-        [*exporter_cmd, "--root", str(root), "--web.listen-address", f"127.0.0.1:{port}", "--scan.workers", "1",
-         "--watch.debounce", "0.2", "--state.file", str(state)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("CONDA")}, "HOME": str(root.parent)},
-    )
-    try:
-        wait_ready(proc, port)
-    except AssertionError:
-        proc.kill()
-        proc.communicate()
-        raise
-    return Running(proc, port, root)
-
-
-def stop(running: Running) -> str:
-    """SIGTERM (a clean stop writes the state file); the process's log."""
-    running.proc.terminate()
-    return running.proc.communicate(timeout=10)[1]
+    return start(exporter_cmd, root, "--state.file", str(state))
 
 
 @pytest.mark.parametrize("case", list(BAD_FILES))
