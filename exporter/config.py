@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["DEFAULT_PORT", "ENV_PREFIX", "NETWORK_MAX_RATE", "Settings", "flag_of", "markdown_table"]
+__all__ = ["DEFAULT_PORT", "ENV_PREFIX", "NETWORK_MAX_RATE", "Settings", "flag_of", "markdown_table", "scan_rate"]
 
 ENV_PREFIX = "CONDA_EXPORTER_"
 DEFAULT_PORT = 9867
@@ -80,19 +80,9 @@ class Settings(BaseSettings):
         json_schema_extra=_flag("--scan.workers"),
     )
     scan_max_rate: int | None = Field(
-        default=None,
-        ge=0,
-        description="Scan budget: paths stat()ed per second at most, over all workers, by full and reconcile scans, "
-        "in every 1 s window (0: unlimited). auto (empty): unlimited on local filesystems, "
-        f"{NETWORK_MAX_RATE} per second for trees on network filesystems (NFS, CIFS, Ceph, Lustre, GPFS, ...).",
-        json_schema_extra=_flag("--scan.max-rate"),
-    )
-    scan_max_rate_incremental: int = Field(
-        default=0,
-        ge=0,
-        description="Scan budget of the daemon's rescans of changed envs and caches, in paths per second (0: "
-        "unlimited): they walk only what changed, once per change, and should show it within seconds.",
-        json_schema_extra=_flag("--scan.max-rate-incremental"),
+        default=None, ge=0, json_schema_extra=_flag("--scan.max-rate"),
+        description="Scan budget: paths stat()ed per second by full and reconcile scans, over all workers, at most in "
+        f"every 1 s window (0: unlimited). auto: unlimited on local, {NETWORK_MAX_RATE} on network filesystems.",
     )
     scan_cross_filesystems: bool = Field(
         default=False,
@@ -151,22 +141,10 @@ class Settings(BaseSettings):
         json_schema_extra=_flag("--demo-if-no-root"),
     )
 
-    @field_validator("state_file", "web_config_file", mode="before")
+    @field_validator("state_file", "web_config_file", "scan_max_rate", mode="before")
     @classmethod
-    def _empty_is_none(cls, value: object) -> object:
-        return None if value == "" else value
-
-    @field_validator("scan_max_rate", mode="before")
-    @classmethod
-    def _auto_is_none(cls, value: object) -> object:
-        return None if value in ("", "auto") else value
-
-    def scan_rate(self) -> tuple[int, bool]:
-        """The budget of full scans: (paths per second, 0 unlimited; whether it applies to trees on network
-        filesystems only, as auto does)."""
-        if self.scan_max_rate is None:
-            return NETWORK_MAX_RATE, True
-        return self.scan_max_rate, False
+    def _empty_is_none(cls, value: object, info: ValidationInfo) -> object:
+        return None if value == "" or (value == "auto" and info.field_name == "scan_max_rate") else value
 
     @field_validator("roots", "envs", mode="before")
     @classmethod
@@ -213,6 +191,14 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ValueError(f"port {port} in {address!r} is out of range")
     return host, port
+
+
+def scan_rate(settings: Settings) -> tuple[int, bool]:
+    """The budget of full scans: (paths per second, 0 unlimited; whether it applies to trees on network
+    filesystems only, as auto does)."""
+    if settings.scan_max_rate is None:
+        return NETWORK_MAX_RATE, True
+    return settings.scan_max_rate, False
 
 
 def flag_of(field_name: str) -> str:

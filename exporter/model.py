@@ -75,7 +75,9 @@ class ScanOptions:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ScanOptions:
-        rate, network_only = settings.scan_rate()
+        from exporter.config import scan_rate  # (at run time only: config imports nothing of the stages)
+
+        rate, network_only = scan_rate(settings)
         return cls(
             workers=settings.scan_workers,
             cross_filesystems=settings.scan_cross_filesystems,

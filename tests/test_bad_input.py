@@ -147,7 +147,8 @@ def test_listable_but_unsearchable_dir_counts_each_entry(exporter_cmd: list[str]
 @pytest.mark.parametrize(
     ("code", "kind"),
     [(errno.EACCES, "permission"), (errno.EPERM, "permission"), (errno.ENOENT, "vanished"),
-     (errno.ENOTDIR, "vanished"), (errno.ELOOP, "vanished"), (errno.EIO, "io"), (errno.ENAMETOOLONG, "io")],
+     (errno.ENOTDIR, "vanished"), (errno.ELOOP, "vanished"), (errno.EIO, "transient"), (errno.ESTALE, "transient"),
+     (errno.ETIMEDOUT, "transient"), (errno.ENOTCONN, "transient"), (errno.ENAMETOOLONG, "io")],
 )
 def test_errno_kinds(code: int, kind: str) -> None:
     """Both walkers classify errors by errno (the native one reports only the number)."""

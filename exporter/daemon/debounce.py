@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from exporter.daemon.retry import Retries
 from exporter.daemon.targets import Target
+from exporter.model import Snapshot
 
 __all__ = ["DirtyTargets"]
 
@@ -24,6 +26,9 @@ class DirtyTargets:
     inodes its link delta touches is walked again instead of taking the delta twice
     (:func:`exporter.daemon.incremental.rescan`). A batch is never queued again as a whole: under churn
     elsewhere that rescanned the same, possibly vanished, trees over and over.
+
+    A tree whose walk met a transient error (:mod:`exporter.daemon.retry`) is due again, as trigger ``retry``,
+    once its back-off has passed.
     """
 
     def __init__(self, debounce: float) -> None:
@@ -32,6 +37,7 @@ class DirtyTargets:
         self._busy = False
         self._changed_while_busy: set[Target] = set()
         self._suspects: dict[Target, set[str]] = {}  # changed target -> trees walked while it changed
+        self.retries = Retries()
 
     def __len__(self) -> int:
         return len(self._changed)
@@ -53,26 +59,34 @@ class DirtyTargets:
 
     def next_due(self) -> float:
         """When the earliest pending target becomes due; infinity when none is pending."""
-        return min((at + self.debounce for at, _ in self._changed.values()), default=float("inf"))
+        changed = min((at + self.debounce for at, _ in self._changed.values()), default=float("inf"))
+        return min(changed, self.retries.next_due())
 
     def take_due(self, now: float) -> dict[Target, str]:
         """Remove and return the targets due at ``now``, with the trigger that marked each."""
         due = [t for t, (at, _) in self._changed.items() if at + self.debounce <= now]
-        return {t: self._changed.pop(t)[1] for t in due}
+        found = {t: self._changed.pop(t)[1] for t in due}
+        for target in self.retries.take_due(now):
+            found.setdefault(target, "retry")
+        return found
 
     def begin_batch(self) -> None:
         """A rescan starts."""
         self._busy = True
         self._changed_while_busy = set()
 
-    def end_batch(self, walked: Iterable[str], full: bool = False) -> None:
+    def end_batch(
+        self, walked: Iterable[str], full: bool = False, scanned: Snapshot | None = None, now: float = 0.0
+    ) -> None:
         """The rescan ended, having walked the trees ``walked`` (env prefixes, cache dirs); ``full``: it
         walked everything, so earlier suspects are moot. Each target marked meanwhile (still pending, with
-        its own time) gets ``walked`` as suspects."""
+        its own time) gets ``walked`` as suspects. ``scanned``: the snapshot it published at ``now``, whose
+        transient errors schedule retries."""
         self._busy = False
+        walked = frozenset(walked)
+        self.retries.after_scan(scanned, walked, now)
         if full:
             self._suspects.clear()
-        walked = frozenset(walked)
         if walked:
             for target in self._changed_while_busy:
                 self._suspects.setdefault(target, set()).update(walked)

@@ -9,11 +9,16 @@ a transient error ends its retries. Meanwhile the tree keeps its previous number
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from exporter.daemon.targets import Target
+from exporter.model import Snapshot
+from exporter.snapshot.transient import retry_paths
 
 __all__ = ["RETRY_FIRST", "RETRY_MAX", "Retries"]
+
+log = logging.getLogger(__name__)
 
 RETRY_FIRST = 5.0
 RETRY_MAX = 600.0
@@ -45,6 +50,18 @@ class Retries:
             count = self._failed.get(target, (0, 0.0))[0] + 1
             self._failed[target] = (count, now + min(self.first * 2 ** (count - 1), self.most))
             self._waiting.discard(target)
+
+    def after_scan(self, snapshot: Snapshot | None, walked: Iterable[str], now: float) -> None:
+        """:meth:`scanned`, for the trees of ``snapshot`` (the result a scan published, None if it failed)
+        whose walk met a transient error."""
+        walked = frozenset(walked)
+        if snapshot is None or not walked:
+            return
+        failed = {Target(kind, path, root) for kind, path, root in retry_paths(snapshot)}  # type: ignore[arg-type]
+        for target in sorted(failed):
+            log.warning("transient error walking %s: its previous numbers stay served; walking it again later",
+                        target.path)
+        self.scanned(failed, walked, now)
 
     def next_due(self) -> float:
         """When the earliest retry is due; infinity when none is waiting."""

@@ -12,8 +12,9 @@ Fingerprints are compared every ``poll_interval`` seconds in either mode: in pol
 change detection; with inotify it catches what no watch sees (a file added in an env's top-level
 dirs, e.g. ``share/``).
 A tree whose walk met a transient error (a network filesystem's ESTALE, EIO, ...) keeps its previous numbers
-and is walked again after a back-off (:mod:`exporter.daemon.retry`). Rescans of what changed have their own
-scan budget (``--scan.max-rate-incremental``, unlimited by default), full scans ``--scan.max-rate``.
+and is walked again after a back-off (:mod:`exporter.daemon.retry`). Full and reconcile scans keep to the scan
+budget (``--scan.max-rate``); rescans of what changed do not: they walk what a change touched (an install
+writes those files on the filer itself), once per debounced change, and must show it within seconds.
 """
 
 from __future__ import annotations
@@ -30,15 +31,12 @@ from exporter.daemon.detect import ChangeDetector
 from exporter.daemon.discovery import RootSet
 from exporter.daemon.guard import guarded, retry_startup, run_guarded
 from exporter.daemon.incremental import rediscover, rescan
-from exporter.daemon.retry import Retries
 from exporter.daemon.targets import Target
 from exporter.daemon.warm import PublishedState
 from exporter.discover.roots import Discovery, RootLayout
-from exporter.model import ScanOptions, Snapshot
-from exporter.scan.budget import scan_budget
+from exporter.model import ScanOptions
 from exporter.snapshot.full import full_scan
 from exporter.snapshot.store import SnapshotStore
-from exporter.snapshot.transient import retry_paths
 
 if TYPE_CHECKING:
     from exporter.config import Settings
@@ -61,7 +59,6 @@ class DaemonConfig:
     poll_interval: float
     reconcile_interval: float
     state_file: str | None
-    incremental_max_rate: int = 0  # paths per second of rescans of what changed (0: unlimited)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DaemonConfig:
@@ -71,7 +68,6 @@ class DaemonConfig:
             poll_interval=settings.watch_poll_interval,
             reconcile_interval=settings.scan_interval,
             state_file=str(settings.state_file) if settings.state_file else None,
-            incremental_max_rate=settings.scan_max_rate_incremental,
         )
 
 
@@ -112,7 +108,6 @@ class Daemon:
         self._cond = threading.Condition()  # guards _dirty, _reconcile_requested and reconfiguration
         self._dirty = DirtyTargets(config.debounce)
         self._reconcile_requested = False
-        self._retries = Retries()
         self._stop = threading.Event()
         self._next_poll, self._next_reconcile = 0.0, inf
         self._thread = threading.Thread(
@@ -168,8 +163,9 @@ class Daemon:
         self.layouts = self.rootset.discover_all()
         prints = self.detector.rewatch(in_order(self.layouts, self.roots), None)  # watched before any walk
         changed = self.published.load(self.roots, prints)
-        if changed is None:
-            self._full_scan("startup", self.options)
+        if changed is None:  # (its transient errors are retried as a batch's are)
+            walked = self._full_scan("startup", self.options)
+            self._dirty.retries.after_scan(self.store.snapshot, walked, time.monotonic())
         for target in changed or ():
             self.mark_dirty(target, "state")
         self.published.save(self.roots)
@@ -186,8 +182,6 @@ class Daemon:
         if time.monotonic() >= self._next_poll:
             self._next_poll = due_after(self.config.poll_interval)
             self.detector.poll(in_order(self.layouts, self.roots), self.published.prints)
-        for target in self._retries.take_due(time.monotonic()):
-            self.mark_dirty(target, "retry")
         with self._cond:
             now = time.monotonic()
             batch = self._dirty.take_due(now)
@@ -195,7 +189,7 @@ class Daemon:
             verify = self.published.verify_pending and not batch and not self._dirty.pending("state")
             reconcile = self._reconcile_requested or now >= self._next_reconcile or verify
             if not batch and not reconcile:
-                wake = min(self._dirty.next_due(), self._next_reconcile, self._next_poll, self._retries.next_due())
+                wake = min(self._dirty.next_due(), self._next_reconcile, self._next_poll)
                 if wake > now:
                     self._cond.wait(min(wake - now, 3600.0))
                 return
@@ -212,7 +206,8 @@ class Daemon:
             self.published.maybe_save(self.roots)
         finally:
             with self._cond:
-                self._dirty.end_batch(walked, full=reconcile and bool(walked))
+                self._dirty.end_batch(walked, full=reconcile and bool(walked), scanned=self.store.snapshot,
+                                      now=time.monotonic())
 
     def _full_scan(self, trigger: str, options: ScanOptions) -> frozenset[str]:
         """Scan everything and publish it; the env prefixes and cache dirs walked (none if it failed)."""
@@ -228,17 +223,7 @@ class Daemon:
         self.published.scanned_all(prints)
         log.info("%s scan of %d root(s), %d env(s) done in %.2f s with %d error(s)", trigger, len(snapshot.roots),
                  len(snapshot.envs), snapshot.duration_seconds, len(snapshot.errors))
-        walked = frozenset(e.prefix for e in snapshot.envs) | frozenset(p.path for p in snapshot.pkgs)
-        self._schedule_retries(snapshot, walked)
-        return walked
-
-    def _schedule_retries(self, snapshot: Snapshot, walked: frozenset[str]) -> None:
-        """Walk again, after a back-off, the trees of ``snapshot`` whose walk met a transient error."""
-        failed = {Target(kind, path, root) for kind, path, root in retry_paths(snapshot)}  # type: ignore[arg-type]
-        for target in sorted(failed):
-            log.warning("transient error walking %s: its previous numbers stay served; walking it again later",
-                        target.path)
-        self._retries.scanned(failed, walked, time.monotonic())
+        return frozenset(e.prefix for e in snapshot.envs) | frozenset(p.path for p in snapshot.pkgs)
 
     def _batch(self, batch: dict[Target, str], suspect: frozenset[str]) -> frozenset[str]:
         """Rescan ``batch`` and publish the result; the env prefixes and cache dirs walked."""
@@ -250,14 +235,11 @@ class Daemon:
             layouts = rediscover(set(batch), self.roots, self.layouts, self.rootset.discover)
             # a new env is watched before its first walk: no change after the walk can be lost
             prints = self.detector.rewatch(in_order(layouts, self.roots), batch)
-            incremental = replace(self.options, max_rate=self.config.incremental_max_rate, max_rate_network_only=False)
-            with scan_budget(incremental, "incremental") as options:
-                result = rescan(old, set(batch), roots=self.roots, layouts=layouts, options=options,
-                                started=started, suspect=suspect)
+            result = rescan(old, set(batch), roots=self.roots, layouts=layouts, options=self.options,
+                            started=started, suspect=suspect)
         except Exception:
             return failed(self.store, trigger, started, f"{trigger} rescan of {sorted(t.path for t in batch)} failed")
         self.layouts = layouts
         self.store.publish(result.snapshot, trigger, verified=not self.published.unverified)
         self.published.rescanned(batch, prints)
-        self._schedule_retries(result.snapshot, result.walked | {t.path for t in batch})
         return result.walked

@@ -36,15 +36,14 @@ SCAN_ERRORS_HELP = (
 )
 BUDGET_RATE = "conda_exporter_scan_budget_paths_per_second"
 BUDGET_RATE_HELP = (
-    "Scan budget in force at the last scan of each kind (full: startup and reconcile scans; incremental: "
-    "rescans of what changed), in paths stat()ed per second over all workers; 0: unlimited."
+    "Scan budget in force at the last full scan (startup or reconcile), in paths stat()ed per second over all "
+    "workers; 0: unlimited (--scan.max-rate 0, or auto and no tree on a network filesystem)."
 )
 BUDGET_WAIT = "conda_exporter_scan_budget_wait_seconds"
 BUDGET_WAIT_HELP = (
-    "Seconds scan walks slept waiting for the scan budget, added up over the walks (several workers wait at "
-    "once), by scan kind."
+    "Seconds full-scan walks slept waiting for the scan budget, added up over the walks (several workers wait "
+    "at once)."
 )
-BUDGET_KINDS = ("full", "incremental")
 SCANS = "conda_exporter_scans"
 SCANS_HELP = "Scans run, by trigger (startup, event, poll, reconcile, state) and result."
 WATCH_MODES = ("inotify", "poll")
@@ -160,17 +159,11 @@ class ExporterCollector(Collector):
 
 
 def scan_budget_metrics() -> Iterator[Metric]:
-    """The scan budget in force and the seconds walks waited for it, by scan kind (both always present).
-    Read from :mod:`exporter.scan.budget`, which the scans update before they publish: they change with the
-    store, as the rest."""
-    rates, waited = budget_totals()
-    rate = GaugeMetricFamily(BUDGET_RATE, BUDGET_RATE_HELP, labels=("scan",))
-    wait = CounterMetricFamily(BUDGET_WAIT, BUDGET_WAIT_HELP, labels=("scan",))
-    for kind in BUDGET_KINDS:
-        rate.add_metric((kind,), rates.get(kind, 0))
-        wait.add_metric((kind,), waited.get(kind, 0.0))
-    yield rate
-    yield wait
+    """The scan budget in force and the seconds walks waited for it. Read from :mod:`exporter.scan.budget`,
+    which full scans update before they publish: they change with the store, as the rest."""
+    rate, waited = budget_totals()
+    yield GaugeMetricFamily(BUDGET_RATE, BUDGET_RATE_HELP, value=rate)
+    yield CounterMetricFamily(BUDGET_WAIT, BUDGET_WAIT_HELP, value=waited)
 
 
 def skipped_dirs(snapshot: Snapshot | None) -> GaugeMetricFamily:

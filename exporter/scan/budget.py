@@ -189,22 +189,22 @@ def walk_budget(top: str, dev: int) -> Iterator[WalkBudget | None]:
 
 
 class _Totals:
-    """What every budget of this process has done, for the self-metrics: the configured rate and seconds
-    waited, by scan kind (``full``: startup and reconcile scans, ``incremental``)."""
+    """What the budgets of this process's full scans did, for the self-metrics: the rate in force at the last
+    one and the seconds waited since start."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.rate: dict[str, int] = {"full": 0, "incremental": 0}
-        self.waited: dict[str, float] = {"full": 0.0, "incremental": 0.0}
+        self.rate = 0
+        self.waited = 0.0
 
 
 _totals = _Totals()
 
 
-def budget_totals() -> tuple[dict[str, int], dict[str, float]]:
-    """(paths per second configured, seconds waited since start) by scan kind."""
+def budget_totals() -> tuple[int, float]:
+    """(paths per second in force at the last full scan, 0: unlimited; seconds its walks waited since start)."""
     with _totals.lock:
-        return dict(_totals.rate), dict(_totals.waited)
+        return _totals.rate, _totals.waited
 
 
 def _budget_dir() -> str:
@@ -212,16 +212,16 @@ def _budget_dir() -> str:
 
 
 @contextlib.contextmanager
-def scan_budget(options: ScanOptions, kind: str, trees: Iterable[str] = ()) -> Iterator[ScanOptions]:
-    """Open a bucket for one scan of ``kind`` (``full`` or ``incremental``) at ``options.max_rate`` and give
-    the options its walks take tokens with (the same options when the rate is 0: unlimited; in auto mode,
-    also when none of the ``trees`` to walk is on a network filesystem). The rate in force and, when the block
-    ends, the seconds waited are added to :func:`budget_totals`; the file is removed."""
+def scan_budget(options: ScanOptions, trees: Iterable[str] = ()) -> Iterator[ScanOptions]:
+    """Open a bucket for one full scan at ``options.max_rate`` and give the options its walks take tokens
+    with (the same options when the rate is 0: unlimited; in auto mode, also when none of the ``trees`` to
+    walk is on a network filesystem). The rate in force is kept for :func:`budget_totals`, and so are, when the
+    block ends, the seconds waited; the file is removed."""
     rate = options.max_rate
     if options.max_rate_network_only and not any(is_network(tree) for tree in trees):
         rate = 0
     with _totals.lock:
-        _totals.rate[kind] = rate
+        _totals.rate = rate
     if rate <= 0:
         yield replace(options, budget_file="")
         return
@@ -238,7 +238,7 @@ def scan_budget(options: ScanOptions, kind: str, trees: Iterable[str] = ()) -> I
             waited, _ = bucket.read()
             bucket.close()
             with _totals.lock:
-                _totals.waited[kind] += waited
+                _totals.waited += waited
         os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(path)

@@ -34,7 +34,7 @@ def full_scan(
     errors: list[WalkError] = []
     tasks: list[Task] = [task for layout in layouts for task in layout_tasks(layout, errors)]
     trees = [t for layout in layouts for t in (layout.path, *layout.pkgs_dirs, *(e.prefix for e in layout.envs))]
-    with scan_budget(options, "full", trees) as budgeted_options:
+    with scan_budget(options, trees) as budgeted_options:
         results = list(run_tasks(measure, tasks, budgeted_options))
     old_envs = {e.prefix: e for e in previous.envs} if previous else {}
     old_chunks = {p.path: p.chunks for p in previous.pkgs} if previous else {}
