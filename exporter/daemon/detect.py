@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable, Mapping
 
 from exporter.daemon.inotify import InotifyWatcher, WatchLimitError
 from exporter.daemon.targets import (
-    NETWORK_FILESYSTEMS,
     Fingerprint,
     Target,
     WatchSpec,
@@ -23,6 +22,7 @@ from exporter.daemon.targets import (
     watch_specs,
 )
 from exporter.discover.roots import RootLayout
+from exporter.scan.budget import is_network
 from exporter.snapshot.store import SnapshotStore
 
 __all__ = ["ChangeDetector"]
@@ -79,9 +79,8 @@ class ChangeDetector:
         if mode == "auto":
             mode = "inotify"
             for root in filter(None, roots):
-                fstype = filesystem_type(root)
-                if fstype in NETWORK_FILESYSTEMS or fstype.startswith("nfs"):
-                    log.info("root %s is on a %s filesystem: polling", root, fstype)
+                if is_network(root):
+                    log.info("root %s is on a %s filesystem: polling", root, filesystem_type(root))
                     mode = "poll"
                     break
         self._set_mode(mode)

@@ -226,7 +226,14 @@ def scan_budget(options: ScanOptions, trees: Iterable[str] = ()) -> Iterator[Sca
         yield replace(options, budget_file="")
         return
     path = os.path.join(_budget_dir(), f"conda-exporter-budget-{os.getpid()}-{secrets.token_hex(6)}")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:  # a scan without its budget is better than no scan: say so, in the log and the gauge
+        log.warning("scan budget file %s cannot be made (%s): this scan runs unbudgeted", path, exc)
+        with _totals.lock:
+            _totals.rate = 0
+        yield replace(options, budget_file="")
+        return
     bucket: Bucket | None = None
     try:
         os.ftruncate(fd, _FILE_SIZE)

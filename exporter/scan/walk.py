@@ -178,6 +178,9 @@ def walk_tree(
     mapped, and with ``map_hardlinked`` (a package cache: the one place each hardlinked file conda installs
     has a link, so mapped there once, not in every env linking it) hardlinked ones too (see
     :class:`TreeWalk`).
+
+    Inside a :func:`exporter.scan.budget.budgeted` block whose budget applies to ``top``, each path's ``stat``
+    is paid for from the scan budget first: the walk sleeps as long as the budget says.
     """
     result = TreeWalk(path=top)
     try:
