@@ -45,7 +45,7 @@ BUDGET_WAIT_HELP = (
     "at once)."
 )
 SCANS = "conda_exporter_scans"
-SCANS_HELP = "Scans run, by trigger (startup, event, poll, reconcile, state) and result."
+SCANS_HELP = "Scans run, by trigger (startup, event, poll, reconcile, state, retry) and result."
 WATCH_MODES = ("inotify", "poll")
 SELF_GAUGES = {
     "conda_exporter_watches": "Directories watched with inotify now.",
