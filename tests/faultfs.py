@@ -40,7 +40,7 @@ def faults(control: str) -> list[tuple[int, str]]:
     return found
 
 
-def serve(source: str, mountpoint: str, control: str) -> None:
+def serve(source: str, mountpoint: str, control: str, subtype: str = "") -> None:
     from fuse import FUSE, FuseOSError, Operations  # type: ignore[import-untyped]  # fusepy: where a test mounts one
 
     class FaultFS(Operations):  # type: ignore[misc]  # (fusepy is untyped)
@@ -75,15 +75,18 @@ def serve(source: str, mountpoint: str, control: str) -> None:
             return {key: getattr(st, key) for key in ("f_bavail", "f_bfree", "f_blocks", "f_bsize", "f_favail",
                                                        "f_ffree", "f_files", "f_flag", "f_frsize", "f_namemax")}
 
+    options = {"subtype": subtype} if subtype else {}
     FUSE(FaultFS(), mountpoint, foreground=True, ro=True, use_ino=True, entry_timeout=0, attr_timeout=0,
-         negative_timeout=0, fsname="faultfs")
+         negative_timeout=0, fsname="faultfs", **options)
 
 
 @contextlib.contextmanager
-def mounted(source: Path, mountpoint: Path, control: Path, deadline: float = 20.0) -> Iterator[Path]:
-    """SOURCE served at MOUNTPOINT until the block ends."""
+def mounted(source: Path, mountpoint: Path, control: Path, deadline: float = 20.0, subtype: str = "") -> Iterator[Path]:
+    """SOURCE served at MOUNTPOINT until the block ends; with ``subtype``, its type in mountinfo is
+    ``fuse.SUBTYPE`` (``sshfs``: what the exporter takes for a network filesystem, as a real sshfs mount)."""
     mountpoint.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "tests.faultfs", str(source), str(mountpoint), str(control)],
+    command = [sys.executable, "-m", "tests.faultfs", str(source), str(mountpoint), str(control), subtype]
+    proc = subprocess.Popen(command,
                             cwd=Path(__file__).resolve().parent.parent, stderr=subprocess.PIPE, text=True)
     try:
         end = time.monotonic() + deadline
@@ -105,4 +108,4 @@ def mounted(source: Path, mountpoint: Path, control: Path, deadline: float = 20.
 
 
 if __name__ == "__main__":
-    serve(*sys.argv[1:4])
+    serve(*sys.argv[1:5])

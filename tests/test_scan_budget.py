@@ -18,11 +18,14 @@ from pathlib import Path
 import pytest
 
 import exporter.scan.walk
+from exporter.config import NETWORK_MAX_RATE
 from exporter.discover.roots import Discovery
 from exporter.model import ScanOptions
 from exporter.scan.budget import batch_size, budget_totals
 from exporter.snapshot.full import full_scan
 from tests.exposition import samples
+from tests.faultfs import mounted
+from tests.fixture_tree import build_fixture_root
 
 GENERATE = Path(__file__).resolve().parent.parent / "benchmarks" / "generate.py"
 # A per-path stat of the walk: fstatat of a name relative to a directory fd, not following symlinks
@@ -113,3 +116,23 @@ def test_auto_budget_leaves_local_filesystems_alone(small_tree: Path, exporter_c
     metrics = samples(done.stdout)
     assert metrics["conda_exporter_scan_budget_paths_per_second"][()] == 0
     assert metrics["conda_exporter_scan_budget_wait_seconds_total"][()] == 0
+
+
+def test_auto_budget_applies_on_a_network_filesystem(exporter_cmd: list[str], tmp_path: Path) -> None:
+    """Auto on a root the kernel lists as ``fuse.sshfs`` (tests/faultfs.py mounted with that subtype: what
+    /proc/self/mountinfo says is all the exporter asks): the network default applies; 0 turns it off."""
+    try:
+        import fuse  # type: ignore[import-untyped]  # noqa: F401  # fusepy
+    except (ImportError, OSError):
+        pytest.skip("needs fusepy and libfuse2 (Debian libfuse2, fuse3)")
+    build_fixture_root(tmp_path / "src" / "conda")
+    (tmp_path / "control").write_text("")
+    with mounted(tmp_path / "src", tmp_path / "mnt", tmp_path / "control", subtype="sshfs") as mountpoint:
+        assert " - fuse.sshfs " in next(line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                                         if f" {mountpoint} " in line)
+        runs = {}
+        for given in ([], ["--scan.max-rate", "0"]):
+            done = subprocess.run([*exporter_cmd, "--once", "--root", str(mountpoint / "conda"), *given],
+                                  capture_output=True, text=True, timeout=120, check=True)
+            runs[bool(given)] = samples(done.stdout)["conda_exporter_scan_budget_paths_per_second"][()]
+    assert runs == {False: NETWORK_MAX_RATE, True: 0}
