@@ -50,12 +50,16 @@ def _paths(root: Path) -> int:
     return len(found.stdout.splitlines())
 
 
-def _scan_seconds(root: Path, options: ScanOptions) -> float:
+def _scan(root: Path, options: ScanOptions) -> tuple[float, list[tuple[str, int, int, int, int]]]:
+    """Seconds a full scan took, and each env's (prefix, unique, shared, apparent bytes, files)."""
     layouts = Discovery((str(root),), (), False).layouts()
     started = time.monotonic()
     snapshot = full_scan(layouts, options)
+    seconds = time.monotonic() - started
     assert not snapshot.errors
-    return time.monotonic() - started
+    envs = sorted((e.prefix, e.usage.unique_bytes, e.usage.shared_bytes, e.usage.apparent_bytes, e.usage.files)
+                  for e in snapshot.envs)
+    return seconds, envs
 
 
 @pytest.mark.parametrize("walker", ["native", "python"])
@@ -69,15 +73,16 @@ def test_budgeted_full_scan_takes_paths_over_rate(
     paths = _paths(small_tree)
     assert paths > 9000
     plain = ScanOptions(workers=workers, cross_filesystems=False, top_packages=0, stale_after=1e9)
-    unbudgeted = _scan_seconds(small_tree, plain)
+    unbudgeted, numbers = _scan(small_tree, plain)
     waited_before = budget_totals()[1]
 
-    budgeted = _scan_seconds(small_tree, ScanOptions(workers=workers, cross_filesystems=False, top_packages=0,
-                                                     stale_after=1e9, max_rate=rate))
+    budgeted, budgeted_numbers = _scan(small_tree, ScanOptions(workers=workers, cross_filesystems=False,
+                                                               top_packages=0, stale_after=1e9, max_rate=rate))
 
     expected = paths / rate  # ~2 s
     # Never faster than the budget allows; slower only by what the same scan costs without it (this run).
     assert 0.9 * expected <= budgeted <= 1.1 * expected + unbudgeted, (budgeted, expected, unbudgeted)
+    assert budgeted_numbers == numbers  # the budget changes when paths are read, never what is found
     assert budget_totals()[0] == rate
     assert budget_totals()[1] - waited_before > 0.5 * expected  # the walks slept for it, and said so
 
