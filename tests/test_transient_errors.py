@@ -19,7 +19,10 @@ from pathlib import Path
 import pytest
 
 import exporter.scan.walk
+from exporter.discover.roots import Discovery
+from exporter.model import PkgsChunk, ScanOptions, Snapshot
 from exporter.scan.walk import walk_tree
+from exporter.snapshot.full import full_scan
 from tests.condaops import metrics_match
 from tests.exposition import samples
 from tests.faultfs import mounted
@@ -162,3 +165,34 @@ def test_first_scan_publishes_partial_numbers_flagged_then_retries(
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_full_scan_keeps_the_previous_result_of_each_tree_that_met_one(fault_root: tuple[Path, Path]) -> None:
+    """A reconcile-style full scan given the previous snapshot: the env and the cache chunk whose walks met
+    a transient error are the previous results, everything else is walked anew; the errors are counted."""
+    root, control = fault_root
+    layouts = Discovery((str(root),), (), False).layouts()
+    options = ScanOptions(workers=1, cross_filesystems=False, top_packages=0, stale_after=1e9)
+    first = full_scan(layouts, options)
+    assert not [e for e in first.errors if e.kind != "metadata"]  # (records name the source dir's cache: metadata)
+    source = root.parent.parent / "src" / "conda"
+    for env in ("web", "analysis"):
+        (source / "envs" / env / "added.txt").write_bytes(b"a" * 7000)
+    (source / "pkgs" / "numpy-1.26.4-py311h64a7726_0" / "added.txt").write_bytes(b"a" * 7000)
+    control.write_text("ESTALE conda/envs/web/share/a\nETIMEDOUT conda/pkgs/numpy-1.26.4-py311h64a7726_0/info\n")
+
+    second = full_scan(layouts, options, previous=first)
+
+    assert sorted((e.kind, e.path) for e in second.errors if e.kind != "metadata") == [
+        ("transient", str(root / "envs" / "web" / "share" / "a")),
+        ("transient", str(root / "pkgs" / "numpy-1.26.4-py311h64a7726_0" / "info")),
+    ]
+    before = {e.name: e for e in first.envs}
+    after = {e.name: e for e in second.envs}
+    assert after["web"] == before["web"]  # kept whole: numbers and scan time
+    assert after["analysis"].usage.apparent_bytes == before["analysis"].usage.apparent_bytes + 7000  # walked anew
+
+    def numpy_chunk(snapshot: Snapshot) -> PkgsChunk:
+        return next(c for p in snapshot.pkgs for c in p.chunks if any("numpy" in d for d in c.package_dirs))
+
+    assert numpy_chunk(second) is numpy_chunk(first)  # the previous walk, without added.txt
