@@ -59,8 +59,8 @@ class Retries:
             return
         failed = {Target(kind, path, root) for kind, path, root in retry_paths(snapshot)}  # type: ignore[arg-type]
         for target in sorted(failed):
-            log.warning("transient error walking %s: its previous numbers stay served; walking it again later",
-                        target.path)
+            log.warning("transient error walking %s: walking it again later; its previous numbers, if it has "
+                        "any, stay served meanwhile", target.path)
         self.scanned(failed, walked, now)
 
     def next_due(self) -> float:
