@@ -233,6 +233,7 @@ def serve(settings: Settings, roots: list[str], fixed_roots: bool = False) -> in
     scheduler.start()
     _wait_for(stop)
     stop_by = time.monotonic() + STOP_TIMEOUT_SECONDS  # one deadline for every step, not a timeout each
+    scheduler.request_stop()  # first: a scan cancelled below then reads as stopping, not as a failure
     server.stop()
     cancel_scans()  # a scan's worker processes would outlive the exporter, blocked on their pipes
     if not scheduler.stop(max(stop_by - time.monotonic(), 0.0)):

@@ -47,7 +47,7 @@ def retry_startup(startup: Callable[[], None], store: SnapshotStore, stop: threa
 
     def checked() -> None:
         startup()
-        if not store.ready:  # its full scan failed (e.g. a transient EMFILE): nothing to serve yet
+        if not store.ready and not stop.is_set():  # its full scan failed (e.g. a transient EMFILE): none to serve
             raise StartupIncompleteError("the startup scan failed")
 
     backoff = ERROR_BACKOFF

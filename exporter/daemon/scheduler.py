@@ -35,6 +35,7 @@ from exporter.daemon.targets import Target
 from exporter.daemon.warm import PublishedState
 from exporter.discover.roots import Discovery, RootLayout
 from exporter.model import ScanOptions
+from exporter.scan.workers import ScanCancelledError
 from exporter.snapshot.full import full_scan
 from exporter.snapshot.store import SnapshotStore
 
@@ -146,11 +147,16 @@ class Daemon:
     def start(self) -> None:
         self._thread.start()  # runs _serve, guarded: see exporter.daemon.guard
 
-    def stop(self, timeout: float) -> bool:
-        """Ask the worker to end; True if it did within ``timeout`` seconds."""
+    def request_stop(self) -> None:
+        """Tell the worker to end, without waiting: before the exporter cancels the scans, so that a cancelled
+        scan reads as stopping, not as a failure to retry."""
         self._stop.set()
         with self._cond:
             self._cond.notify()
+
+    def stop(self, timeout: float) -> bool:
+        """Ask the worker to end; True if it did within ``timeout`` seconds."""
+        self.request_stop()
         self._thread.join(timeout)
         self.detector.stop()
         stopped = not self._thread.is_alive()
@@ -217,6 +223,9 @@ class Daemon:
             self.layouts = self.rootset.discover_all()
             prints = self.detector.rewatch(in_order(self.layouts, self.roots), None)
             snapshot = full_scan(in_order(self.layouts, self.roots), options, previous=self.store.snapshot)
+        except ScanCancelledError:  # the exporter is stopping: not a failure
+            log.info("%s scan abandoned: the exporter is stopping", trigger)
+            return frozenset()
         except Exception:  # a bug must not kill the daemon: count it, keep serving the old snapshot
             return failed(self.store, trigger, started, f"{trigger} scan failed")
         self.store.publish(snapshot, trigger)
@@ -237,6 +246,9 @@ class Daemon:
             prints = self.detector.rewatch(in_order(layouts, self.roots), batch)
             result = rescan(old, set(batch), roots=self.roots, layouts=layouts, options=self.options,
                             started=started, suspect=suspect)
+        except ScanCancelledError:
+            log.info("%s rescan abandoned: the exporter is stopping", trigger)
+            return frozenset()
         except Exception:
             return failed(self.store, trigger, started, f"{trigger} rescan of {sorted(t.path for t in batch)} failed")
         self.layouts = layouts
