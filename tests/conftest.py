@@ -11,11 +11,17 @@ from pathlib import Path
 import pytest
 
 import exporter.scan.walk
+from exporter.discover.roots import discover_root
+from exporter.expose.app import make_app
+from exporter.expose.server import MetricsServer
+from exporter.snapshot.full import full_scan
+from exporter.snapshot.store import SnapshotStore
 from tests.deployrun import DOCKERFILE, PORT, Running, clean_env, substitute
 from tests.deployrun import EXPORTER as EXPORTER_PATH
 from tests.deploytools import Container, container_of
 from tests.fixture_tree import build_fixture_root
 from tests.httpwait import free_port
+from tests.options import scan_options
 from tests.realconda import RealRoot, build_real_conda_root, unmount
 
 EXPORTER = str(Path(sys.executable).with_name("conda-env-exporter"))
@@ -42,6 +48,23 @@ def fixture_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = build_fixture_root(base / "conda")
     yield root
     shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def store(fixture_root: Path) -> SnapshotStore:
+    """A store holding a full scan of the fixture root, as the HTTP tests serve it."""
+    store = SnapshotStore()
+    store.publish(full_scan([discover_root(str(fixture_root))], scan_options(workers=1)), "startup")
+    return store
+
+
+@pytest.fixture
+def server(store: SnapshotStore) -> Iterator[MetricsServer]:
+    """The HTTP front serving ``store`` on a free loopback port, plain HTTP."""
+    running = MetricsServer(make_app(store, "/metrics"), "127.0.0.1", 0)
+    running.start()
+    yield running
+    running.stop()
 
 
 @pytest.fixture(scope="session")

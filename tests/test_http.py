@@ -8,38 +8,19 @@ import http.client
 import socket
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 
 import exporter.expose.server
-from exporter.discover.roots import discover_root
 from exporter.expose.app import accepts_gzip, make_app
 from exporter.expose.exposition import ExpositionCache
 from exporter.expose.live_metrics import LiveExposition
 from exporter.expose.server import MAX_HEADERS, MAX_LINE_BYTES, MetricsServer
-from exporter.snapshot.full import full_scan
 from exporter.snapshot.store import SnapshotStore
 from tests.exposition import samples
-from tests.options import scan_options
 from tests.oracle import du_bytes
-
-
-@pytest.fixture(scope="module")
-def store(fixture_root: Path) -> SnapshotStore:
-    store = SnapshotStore()
-    store.publish(full_scan([discover_root(str(fixture_root))], scan_options(workers=1)), "startup")
-    return store
-
-
-@pytest.fixture
-def server(store: SnapshotStore) -> Iterator[MetricsServer]:
-    running = MetricsServer(make_app(store, "/metrics"), "127.0.0.1", 0)
-    running.start()
-    yield running
-    running.stop()
 
 
 def raw(server: MetricsServer, data: bytes, timeout: float = 5.0) -> bytes:

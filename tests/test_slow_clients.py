@@ -18,34 +18,16 @@ from pathlib import Path
 import pytest
 
 import exporter.expose.server
-from exporter.discover.roots import discover_root
 from exporter.expose.app import make_app
 from exporter.expose.connections import client_key
 from exporter.expose.server import MAX_PER_CLIENT, MetricsServer
-from exporter.snapshot.full import full_scan
 from exporter.snapshot.store import SnapshotStore
-from tests.options import scan_options
 from tests.test_webconfig import Pki, client_context, pki, tls_config, write_config  # noqa: F401  (pki: a fixture)
 
 REQUIREMENT_SECONDS = 1.0  # issue 18: a scraper is answered within 1 s however many slow clients there are
 TRICKLERS = 20
 IDLE = 100
 CLIENT_HELLO_START = b"\x16\x03\x01\x02\x00\x01"  # a TLS record header and the first byte of a ClientHello
-
-
-@pytest.fixture(scope="module")
-def store(fixture_root: Path) -> SnapshotStore:
-    store = SnapshotStore()
-    store.publish(full_scan([discover_root(str(fixture_root))], scan_options(workers=1)), "startup")
-    return store
-
-
-@pytest.fixture
-def server(store: SnapshotStore) -> Iterator[MetricsServer]:
-    running = MetricsServer(make_app(store, "/metrics"), "127.0.0.1", 0)
-    running.start()
-    yield running
-    running.stop()
 
 
 @pytest.fixture

@@ -20,15 +20,12 @@ import pytest
 import yaml
 
 import exporter.expose.server
-from exporter.discover.roots import discover_root
 from exporter.expose.app import make_app
 from exporter.expose.server import HTTP_THREADS, MetricsServer
 from exporter.expose.webguard import RELOADS, Authenticator, WebConfigWatcher
-from exporter.snapshot.full import full_scan
 from exporter.snapshot.store import SnapshotStore
 from tests.conftest import EXPORTER
 from tests.httpwait import free_port, poll
-from tests.options import scan_options
 from tests.promserver import Prometheus
 
 PASSWORD = "correct horse"
@@ -71,13 +68,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     _issue(d, "stranger", "stranger", "DNS:other", "clientAuth")
     _issue(d, "rogue", "rogue", "DNS:scraper", "clientAuth", ca="otherca")
     return Pki(d)
-
-
-@pytest.fixture(scope="module")
-def store(fixture_root: Path) -> SnapshotStore:
-    store = SnapshotStore()
-    store.publish(full_scan([discover_root(str(fixture_root))], scan_options(workers=1)), "startup")
-    return store
 
 
 def write_config(path: Path, config: dict[str, Any]) -> Path:
