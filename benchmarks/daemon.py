@@ -80,6 +80,14 @@ def cpu_seconds(pid: int) -> float:
     return total / TICK
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident set size of ``pid`` now, in bytes (``VmRSS`` of /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -332,6 +340,7 @@ def main() -> int:
         idle0 = cpu_seconds(proc.pid)
         time.sleep(args.idle_seconds)
         idle_share = (cpu_seconds(proc.pid) - idle0) / args.idle_seconds
+        steady_rss = rss_bytes(proc.pid)  # the daemon's own, after scans, changes and a quiet period
 
         idle_lat = scrape_latencies(port, args.scrape_seconds)
         idle_wrk = wrk_latencies(port, args.scrape_seconds)
@@ -356,6 +365,9 @@ def main() -> int:
     print(f"daemon CPU for it: removed {remove_cpu:.3f} s, installed {install_cpu:.3f} s; the larger is "
           f"{100 * worst / baseline:.1f}% of the smaller full scan, {baseline:.2f} s (target <= 5%)")
     print(f"idle CPU over {args.idle_seconds:.0f} s:          {100 * idle_share:.2f}% of one core (target <= 1%)")
+    paths = int((generate.read_marker(tree) or {}).get("paths", 0))
+    print(f"steady RSS of the daemon after it: {steady_rss / 2**20:.1f} MiB"
+          + (f", {steady_rss / paths:.1f} B/path over {paths:,} paths" if paths else ""))
     print(f"(during a reconcile: a scan ran throughout the measurements; {scans} scan(s), each started as the "
           "previous one ended)")
     for label, (lat, client_cpu) in (("idle", idle_lat), ("during a reconcile", busy_lat)):

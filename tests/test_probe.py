@@ -10,9 +10,9 @@ from typing import Any
 
 from tests.deployrun import clean_env
 from tests.httpwait import free_port
-from tests.test_webconfig import HASH, pki, serve, store, tls_config
+from tests.test_webconfig import HASH, pki, serve, tls_config
 
-__all__ = ["pki", "serve", "store"]
+__all__ = ["pki", "serve"]
 
 
 def run_probe(port: int, web_config: Path | None) -> subprocess.CompletedProcess[str]:
