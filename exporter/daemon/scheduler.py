@@ -20,6 +20,7 @@ writes those files on the filer itself), once per debounced change, and must sho
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -89,9 +90,13 @@ def in_order(layouts: dict[str, RootLayout], roots: list[str]) -> list[RootLayou
 
 
 def failed(store: SnapshotStore, trigger: str, started: float, message: str) -> frozenset[str]:
-    """Log ``message`` with the exception being handled and count a failed scan; nothing was walked."""
-    log.exception(message)
-    store.record_failure(trigger, time.monotonic() - started)
+    """Log ``message`` with the exception being handled and count a failed scan; nothing was walked. A scan
+    cancelled because the exporter stops (:class:`ScanCancelledError`) is no failure: one info line."""
+    if isinstance(sys.exc_info()[1], ScanCancelledError):
+        log.info("%s scan abandoned: the exporter is stopping", trigger)
+    else:
+        log.exception(message)
+        store.record_failure(trigger, time.monotonic() - started)
     return frozenset()
 
 
@@ -100,9 +105,7 @@ class Daemon:
 
     def __init__(self, discovery: Discovery, options: ScanOptions, config: DaemonConfig, store: SnapshotStore) -> None:
         self.rootset = RootSet(discovery)
-        self.options = options
-        self.config = config
-        self.store = store
+        self.options, self.config, self.store = options, config, store
         self.layouts: dict[str, RootLayout] = {}
         self.detector = ChangeDetector(config.mode, config.poll_interval, store, self.mark_dirty, self._on_overflow)
         self.published = PublishedState(store, config.state_file, STATE_SAVE_INTERVAL)
@@ -148,8 +151,7 @@ class Daemon:
         self._thread.start()  # runs _serve, guarded: see exporter.daemon.guard
 
     def request_stop(self) -> None:
-        """Tell the worker to end, without waiting: before the exporter cancels the scans, so that a cancelled
-        scan reads as stopping, not as a failure to retry."""
+        """Tell the worker to end, without waiting (before the scans are cancelled: they then read as stopping)."""
         self._stop.set()
         with self._cond:
             self._cond.notify()
@@ -159,8 +161,7 @@ class Daemon:
         self.request_stop()
         self._thread.join(timeout)
         self.detector.stop()
-        stopped = not self._thread.is_alive()
-        if stopped:
+        if stopped := not self._thread.is_alive():
             self.published.save(self.roots)
         return stopped
 
@@ -223,9 +224,6 @@ class Daemon:
             self.layouts = self.rootset.discover_all()
             prints = self.detector.rewatch(in_order(self.layouts, self.roots), None)
             snapshot = full_scan(in_order(self.layouts, self.roots), options, previous=self.store.snapshot)
-        except ScanCancelledError:  # the exporter is stopping: not a failure
-            log.info("%s scan abandoned: the exporter is stopping", trigger)
-            return frozenset()
         except Exception:  # a bug must not kill the daemon: count it, keep serving the old snapshot
             return failed(self.store, trigger, started, f"{trigger} scan failed")
         self.store.publish(snapshot, trigger)
@@ -246,9 +244,6 @@ class Daemon:
             prints = self.detector.rewatch(in_order(layouts, self.roots), batch)
             result = rescan(old, set(batch), roots=self.roots, layouts=layouts, options=self.options,
                             started=started, suspect=suspect)
-        except ScanCancelledError:
-            log.info("%s rescan abandoned: the exporter is stopping", trigger)
-            return frozenset()
         except Exception:
             return failed(self.store, trigger, started, f"{trigger} rescan of {sorted(t.path for t in batch)} failed")
         self.layouts = layouts

@@ -31,6 +31,7 @@ ResultT = TypeVar("ResultT")
 _pools_lock = threading.Lock()  # held while a pool starts its processes, so cancel_scans sees all of them
 _running_pools: set[ProcessPoolExecutor] = set()
 _cancelled = threading.Event()
+CANCEL_GRACE_SECONDS = 0.5  # how long a broken pool waits to learn whether the exporter is stopping
 
 
 class ScanCancelledError(Exception):
@@ -119,7 +120,9 @@ def run_tasks(
         yield from results
         finished = True
     except (BrokenProcessPool, CancelledError):
-        if _cancelled.is_set():
+        # Ctrl-C reaches the whole process group: a worker not yet past its initializer dies of it, breaking
+        # the pool an instant before the exporter cancels the scans. Give that cancel a moment to come.
+        if _cancelled.wait(CANCEL_GRACE_SECONDS):
             raise ScanCancelledError("the exporter is stopping") from None
         raise
     finally:
