@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import re
-import stat
 import tempfile
 import typing
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ from typing import Literal
 import msgspec
 import numpy as np
 
+from exporter.discover.smallfile import FileTooLargeError, NotRegularFileError, read_small_file
 from exporter.model import PkgsChunk, SharedInodes, Snapshot
 
 __all__ = ["FORMAT", "MAX_BYTES", "MAX_DEPTH", "VERSION", "LoadedState", "load_state", "max_depth", "save_state"]
@@ -176,24 +176,14 @@ class _RefusedError(Exception):
 def _read_bounded(path: str) -> bytes:
     """The file's bytes; :class:`_RefusedError` ``too_large``, or ``corrupt`` for a non-regular file, without
     reading it. Raises FileNotFoundError and other OSErrors."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # NONBLOCK: opening a FIFO must not hang
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            log.warning("ignoring state file %r: not a regular file", path)
-            raise _RefusedError("corrupt")
-        if info.st_size > MAX_BYTES:
-            log.warning("ignoring state file %r: %d bytes, more than the %d read at most", path, info.st_size,
-                        MAX_BYTES)
-            raise _RefusedError("too_large")
-        with os.fdopen(os.dup(fd), "rb") as handle:
-            data = handle.read(MAX_BYTES + 1)  # it may have grown since fstat
-    finally:
-        os.close(fd)
-    if len(data) > MAX_BYTES:
-        log.warning("ignoring state file %r: it grew past %d bytes while read", path, MAX_BYTES)
-        raise _RefusedError("too_large")
-    return data
+        return read_small_file(path, MAX_BYTES)
+    except FileTooLargeError as exc:
+        log.warning("ignoring state file: %s", exc)
+        raise _RefusedError("too_large") from None
+    except NotRegularFileError as exc:
+        log.warning("ignoring state file: %s", exc)
+        raise _RefusedError("corrupt") from None
 
 
 def _refusal(header: _Header, roots: Sequence[str], path: str) -> StateResult | None:
