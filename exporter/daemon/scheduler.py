@@ -32,6 +32,7 @@ from exporter.daemon.detect import ChangeDetector
 from exporter.daemon.discovery import RootSet
 from exporter.daemon.guard import guarded, retry_startup, run_guarded
 from exporter.daemon.incremental import rediscover, rescan
+from exporter.daemon.memory import release_freed_memory
 from exporter.daemon.targets import Target
 from exporter.daemon.warm import PublishedState
 from exporter.discover.roots import Discovery, RootLayout
@@ -110,10 +111,8 @@ class Daemon:
         self.detector = ChangeDetector(config.mode, config.poll_interval, store, self.mark_dirty, self._on_overflow)
         self.published = PublishedState(store, config.state_file, STATE_SAVE_INTERVAL)
         self._cond = threading.Condition()  # guards _dirty, _reconcile_requested and reconfiguration
-        self._dirty = DirtyTargets(config.debounce)
-        self._reconcile_requested = False
-        self._stop = threading.Event()
-        self._next_poll, self._next_reconcile = 0.0, inf
+        self._dirty, self._reconcile_requested = DirtyTargets(config.debounce), False
+        self._stop, self._next_poll, self._next_reconcile = threading.Event(), 0.0, inf
         self._thread = threading.Thread(
             target=run_guarded, args=(self._serve, store, self._stop), name="daemon", daemon=True)
 
@@ -176,6 +175,7 @@ class Daemon:
         for target in changed or ():
             self.mark_dirty(target, "state")
         self.published.save(self.roots)
+        release_freed_memory()  # what the startup scan, or the state file's loading, freed
 
     def _serve(self) -> None:
         retry_startup(self._startup, self.store, self._stop)
@@ -211,6 +211,7 @@ class Daemon:
             else:
                 walked = self._batch(batch, suspect)
             self.published.maybe_save(self.roots)
+            release_freed_memory()  # what the scan and the snapshot it replaced held (the scan's locals are gone)
         finally:
             with self._cond:
                 self._dirty.end_batch(walked, full=reconcile and bool(walked), scanned=self.store.snapshot,
