@@ -17,6 +17,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
+import exporter.scan.walk
+from exporter.account.contents import ownership
+from exporter.discover.roots import Discovery
+from exporter.scan.records import read_env_metadata
+from exporter.scan.walk import walk_tree
 from tests.exposition import by_label, samples
 
 SIZE = 40_000
@@ -89,3 +96,47 @@ def test_a_record_pointing_outside_the_caches_learns_nothing(exporter_cmd: list[
     second = scan(exporter_cmd, root)
     for name in ("conda_env_copied_bytes", "conda_env_scan_errors"):
         assert by_label(second, name, "env") == by_label(first, name, "env"), name
+
+
+@pytest.mark.parametrize("walker", ["native", "python"])
+def test_copies_of_many_packages_in_one_directory(
+    walker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walker looks a listed directory up once per package in the cache, keeping a few of those look-ups
+    open: a directory holding copies from more packages than it keeps still finds each in its own entry.
+    Here 13 packages each copied one file into ``bin/``; the cache holds the file of every third package and
+    a symlink (not a copy's source) for one other; the oracle is ``du`` of the files that are copies."""
+    if walker == "python":
+        monkeypatch.setattr(exporter.scan.walk, "_native", None)
+    elif exporter.scan.walk.WALKER != "native":
+        pytest.skip("native walker not built")
+    root = tmp_path / "conda"
+    (root / "conda-meta").mkdir(parents=True)
+    (root / "conda-meta" / "history").write_text("")
+    prefix = root / "envs" / "copies"
+    (prefix / "conda-meta").mkdir(parents=True)
+    (prefix / "conda-meta" / "history").write_text("")
+    (prefix / "bin").mkdir()
+    copies: list[Path] = []
+    for i in range(13):
+        name, payload = f"tool{i:02d}", bytes([65 + i]) * (SIZE + 4096 * i)
+        entry = root / "pkgs" / f"{name}-1.0-0"
+        (entry / "info").mkdir(parents=True)
+        if i % 3 == 0:
+            (entry / "bin").mkdir()
+            (entry / "bin" / name).write_bytes(payload)
+            copies.append(prefix / "bin" / name)
+        elif i == 4:
+            (entry / "bin").mkdir()
+            os.symlink("/etc/hostname", entry / "bin" / name)  # a symlink in the cache is no copy's source
+        (prefix / "conda-meta" / f"{name}-1.0-0.json").write_text(record(name, [f"bin/{name}"], entry))
+        (prefix / "bin" / name).write_bytes(payload)
+    layout = Discovery((str(root),), (), False).layouts()[0]
+    env = next(e for e in layout.envs if e.name == "copies")
+    meta = read_env_metadata(env.prefix)
+    walk = walk_tree(env.prefix, env.exclude, False, ownership(meta, env.pkgs_dirs))
+    du = subprocess.run(["du", "-cB1", *map(str, copies)], check=True, capture_output=True, text=True)
+    expected = int(du.stdout.splitlines()[-1].split()[0])
+    assert len(copies) == 5 and expected > 5 * SIZE
+    assert sum(walk.cached_single_blocks) * 512 == expected
+    assert walk.errors == []

@@ -55,6 +55,7 @@
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -117,10 +118,29 @@ static void itemvec_free(itemvec *v) {
     free(v->data);
 }
 
-static uint64_t hash_bytes(const char *s, size_t n) { /* FNV-1a */
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
-    return h;
+/* The key of hash_bytes, random per process (set in PyInit__walker): the paths hashed come from
+ * conda-meta records that env owners write, who must not be able to pick paths that all collide. */
+static uint64_t hash_key[2] = {0x9e3779b97f4a7c15ULL, 0xd1b54a32d192ed03ULL};
+
+static inline uint64_t mix(uint64_t a, uint64_t b) { /* the 128-bit product's halves, folded */
+    __uint128_t p = (__uint128_t)a * b;
+    return (uint64_t)p ^ (uint64_t)(p >> 64);
+}
+
+/* A keyed hash of n bytes, 8 at a time (FNV-1a's byte at a time was a tenth of a scan's CPU). */
+static uint64_t hash_bytes(const char *s, size_t n) {
+    uint64_t h = hash_key[0] ^ n, word;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&word, s + i, 8);
+        h = mix(h ^ word, hash_key[1]);
+    }
+    if (i < n) {
+        word = 0;
+        memcpy(&word, s + i, n - i);
+        h = mix(h ^ word, hash_key[1] ^ (n - i));
+    }
+    return mix(h, hash_key[0] ^ hash_key[1]);
 }
 
 /* Open-addressing map from byte strings to int64; keys point into Python-owned or copied storage. */
@@ -299,6 +319,15 @@ struct budget_block {
  * for another between the two); exporter.scan.walk reports it as kind "vanished". */
 #define REPLACED 0
 
+/* The directory being listed, looked up in the cache entry of package `index`: an O_PATH fd, or -1. */
+typedef struct {
+    Py_ssize_t index;
+    int fd;
+} cache_dir;
+
+/* Packages whose cache directory one listing keeps open: a directory's files come from a few packages. */
+#define CACHE_DIRS 8
+
 typedef struct {
     /* inputs */
     const char *top;
@@ -329,6 +358,11 @@ typedef struct {
     size_t path_cap;
     int entry_fd; /* the cache entry of package entry_index, open (or -1) */
     Py_ssize_t entry_index;
+    /* for the directory being listed: the same directory in the cache entries of the packages looked up
+     * so far (fd -1: not there), so that each file is one fstatat, and none when its directory is absent */
+    cache_dir cache_dirs[CACHE_DIRS];
+    size_t ncache_dirs;
+    size_t listing_len; /* length of w->path's directory being listed (0: none) */
     int out_of_memory;
     /* the scan budget: the shared bucket (NULL: unbudgeted), its fd, the cost of a path, the batch and
      * what is left of the batch taken last */
@@ -376,25 +410,54 @@ static int is_metadata_dir(const char *rel, size_t len) {
     return len >= n && memcmp(rel, METADATA_DIR, n) == 0 && (len == n || rel[n] == '/');
 }
 
-/* Is `rel` a regular file in the cache entry of package `index`? `entry` is a package dir of a known
- * package cache (exporter.account.contents accepts no other), opened without following a symlink and
- * kept open while the files looked up are the same package's; `rel` is resolved beneath it following no
- * symlink at all (openat2 RESOLVE_NO_SYMLINKS; before Linux 5.6, only the last component is not
- * followed), so no symlink planted in a cache leads the look-up out of it. */
-static int in_cache(walk_state *w, Py_ssize_t index, const char *rel) {
+/* Forget the cache directories looked up for the directory listed last. */
+static void forget_cache_dirs(walk_state *w) {
+    for (size_t i = 0; i < w->ncache_dirs; i++)
+        if (w->cache_dirs[i].fd >= 0) close(w->cache_dirs[i].fd);
+    w->ncache_dirs = 0;
+}
+
+/* The directory being listed (w->path[top_len + 1 : listing_len]), in the cache entry of package `index`:
+ * an O_PATH fd, or -1 when it is not there. `entry` is a package dir of a known package cache
+ * (exporter.account.contents accepts no other), opened without following a symlink; the directory is
+ * resolved beneath it following no symlink at all (openat2 RESOLVE_NO_SYMLINKS; before Linux 5.6, only
+ * the last component is not followed), so no symlink planted in a cache leads the look-up out of it. */
+static int cache_dir_fd(walk_state *w, Py_ssize_t index) {
+    for (size_t i = 0; i < w->ncache_dirs; i++)
+        if (w->cache_dirs[i].index == index) return w->cache_dirs[i].fd;
     if (w->entry_index != index) {
         if (w->entry_fd >= 0) close(w->entry_fd);
         w->entry_fd = open(w->entries[index], O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         w->entry_index = index;
     }
-    if (w->entry_fd < 0) return 0;
+    int fd = -1;
+    if (w->entry_fd >= 0) {
+        /* the listed directory relative to top, NUL-terminated in place for the call */
+        size_t len = w->listing_len;
+        char saved = w->path[len];
+        w->path[len] = '\0';
+        const char *rel = len > w->top_len ? w->path + w->top_len + 1 : ".";
+        struct open_how how = {.flags = O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC,
+                               .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS};
+        fd = (int)syscall(SYS_openat2, w->entry_fd, rel, &how, sizeof how);
+        if (fd < 0 && errno == ENOSYS) fd = openat(w->entry_fd, rel, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        w->path[len] = saved;
+    }
+    if (w->ncache_dirs == CACHE_DIRS) { /* a directory of many packages' files: the oldest goes */
+        if (w->cache_dirs[0].fd >= 0) close(w->cache_dirs[0].fd);
+        memmove(w->cache_dirs, w->cache_dirs + 1, (CACHE_DIRS - 1) * sizeof(cache_dir));
+        w->ncache_dirs--;
+    }
+    w->cache_dirs[w->ncache_dirs++] = (cache_dir){index, fd};
+    return fd;
+}
+
+/* Is `name`, a file of the directory being listed, a regular file in the cache entry of package `index`?
+ * Not followed if a symlink. */
+static int in_cache(walk_state *w, Py_ssize_t index, const char *name) {
+    int dir_fd = cache_dir_fd(w, index);
     struct stat st;
-    struct open_how how = {.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC, .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS};
-    int fd = (int)syscall(SYS_openat2, w->entry_fd, rel, &how, sizeof how);
-    if (fd < 0) return errno == ENOSYS && fstatat(w->entry_fd, rel, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
-    int regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
-    close(fd);
-    return regular;
+    return dir_fd >= 0 && fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
 }
 
 /* Make w->path the path `len` bytes long already there, then "/" and `name`; its new length, or 0 when
@@ -506,7 +569,7 @@ static int count_file(walk_state *w, int dir_fd, const char *name, const struct 
             w->package_blocks[index] += st->st_blocks;
             /* a single-link file a package installed: a copy if the cache holds it too */
             if (nlink == 1 && S_ISREG(st->st_mode) && !owner->relocated) {
-                int cached = w->entries[index] ? in_cache(w, index, rel) : 0;
+                int cached = w->entries[index] ? in_cache(w, index, name) : 0;
                 if (cached) w->cached_single[index] += blocks;
                 else w->uncached_single[index] += blocks;
             }
@@ -553,6 +616,7 @@ static int list_dir(walk_state *w) {
     const char *reldir = dir_len > w->top_len ? w->path + w->top_len + 1 : "";
     size_t reldir_len = dir_len > w->top_len ? dir_len - w->top_len - 1 : 0;
     int check_owner = w->has_owned && !is_metadata_dir(reldir, reldir_len);
+    w->listing_len = dir_len;
     int rc = 0;
     for (;;) {
         errno = 0;
@@ -589,6 +653,7 @@ static int list_dir(walk_state *w) {
         if ((rc = push_pending(f, name, &st)) < 0) break;
     }
     closedir(d);
+    forget_cache_dirs(w);
     w->path[dir_len] = '\0';
     return rc;
 }
@@ -969,6 +1034,7 @@ out:
     free(w.cached_single);
     free(w.uncached_single);
     free(w.entries);
+    forget_cache_dirs(&w);
     if (w.entry_fd >= 0) close(w.entry_fd);
     while (w.depth) pop_frame(&w);
     free(w.frames);
@@ -999,6 +1065,11 @@ static struct PyModuleDef walker_module = {
 };
 
 PyMODINIT_FUNC PyInit__walker(void) {
+    uint64_t key[2];
+    if (getrandom(key, sizeof key, GRND_NONBLOCK) == (ssize_t)sizeof key) { /* else the fixed key: still correct */
+        hash_key[0] = key[0];
+        hash_key[1] = key[1] | 1; /* odd: a multiplier that loses no bit */
+    }
     if (!walk_result_type && !(walk_result_type = PyStructSequence_NewType(&walk_result_desc))) return NULL;
     PyObject *module = PyModule_Create(&walker_module);
     if (module && (PyModule_AddObjectRef(module, "WalkResult", (PyObject *)walk_result_type) < 0 ||
