@@ -13,30 +13,18 @@ import select
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-from prometheus_client import generate_latest
 from pydantic import ValidationError
 
 from exporter import __version__
 from exporter.config import ENV_PREFIX, Settings, flag_of, parse_listen_address
-from exporter.demo import build_demo_root
 from exporter.discover.roots import Discovery, RootNotFoundError, detect_roots, validate_roots
-from exporter.expose.exposition import build_registry
 from exporter.expose.page_model import DEFAULT_SORT, SORT_KEYS
-from exporter.expose.report import (
-    EnvNotFoundError,
-    match_envs,
-    render_report,
-    render_what_if,
-    report_csv,
-    report_json,
-)
 from exporter.model import ScanOptions, Snapshot
 from exporter.scan.walk import WALKER
 from exporter.scan.workers import cancel_scans
@@ -245,6 +233,16 @@ def serve(settings: Settings, roots: list[str], fixed_roots: bool = False) -> in
 
 
 def _report(args: argparse.Namespace, snapshot: Snapshot | None) -> str:
+    # Imported here: --once and serve never render a report.
+    from exporter.expose.report import (
+        EnvNotFoundError,
+        match_envs,
+        render_report,
+        render_what_if,
+        report_csv,
+        report_json,
+    )
+
     assert snapshot is not None  # published by _scan
     if args.what_if_delete is None:
         render = {"json": report_json, "csv": report_csv, "table": render_report}[args.format]
@@ -256,6 +254,30 @@ def _report(args: argparse.Namespace, snapshot: Snapshot | None) -> str:
     return render_what_if(snapshot, envs, as_json=args.format == "json")
 
 
+def _once(settings: Settings, roots: list[str]) -> str:
+    # Imported here: report and serve do not print the exposition this way (prometheus_client's package
+    # alone imports http.server, wsgiref and urllib.request).
+    from prometheus_client import generate_latest
+
+    from exporter.expose.exposition import build_registry
+
+    return generate_latest(build_registry(_scan(settings, roots))).decode()
+
+
+def _serve_demo(settings: Settings, announce: bool) -> int:
+    """Build the demo root in a temporary directory and serve it until stopped."""
+    # Imported here: only the demo builds a root, and in a temporary directory.
+    import tempfile
+
+    from exporter.demo import build_demo_root
+
+    with tempfile.TemporaryDirectory(prefix="conda-env-exporter-demo-") as tmp:
+        root = str(build_demo_root(Path(tmp) / "conda"))
+        if announce:
+            log.info("demo root built at %s", root)
+        return serve(settings, [root], fixed_roots=True)
+
+
 def run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     settings = load_settings(args)
@@ -265,20 +287,16 @@ def run(argv: list[str] | None) -> int:
         stream=sys.stderr,
     )
     if args.command == "demo":
-        with tempfile.TemporaryDirectory(prefix="conda-env-exporter-demo-") as tmp:
-            root = str(build_demo_root(Path(tmp) / "conda"))
-            log.info("demo root built at %s", root)
-            return serve(settings, [root], fixed_roots=True)
+        return _serve_demo(settings, announce=True)
     try:
         roots = resolve_roots(settings)
     except UsageError:
         if not (settings.demo_if_no_root and not settings.roots and args.command == "serve" and not args.once):
             raise
         log.warning("no conda root found; serving the built-in demo root instead")
-        with tempfile.TemporaryDirectory(prefix="conda-env-exporter-demo-") as tmp:
-            return serve(settings, [str(build_demo_root(Path(tmp) / "conda"))], fixed_roots=True)
+        return _serve_demo(settings, announce=False)
     if args.once:
-        sys.stdout.write(generate_latest(build_registry(_scan(settings, roots))).decode())
+        sys.stdout.write(_once(settings, roots))
         return 0
     if args.command == "report":
         if args.what_if_delete is not None and args.format == "csv":

@@ -16,8 +16,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import yaml
-
 from exporter.discover.smallfile import read_small_file
 
 __all__ = ["CondaDirs", "config_files", "read_conda_dirs"]
@@ -99,6 +97,8 @@ def read_conda_dirs(root: str, home: str | None, environ: Mapping[str, str]) -> 
     envs: list[str] = []
     pkgs: list[str] = []
     for path in config_files(root, home, environ):
+        import yaml  # imported here, once: most roots have no conda configuration, and PyYAML takes ~10 ms
+
         try:
             data = yaml.safe_load(read_small_file(path, MAX_CONDARC_BYTES).decode("utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
