@@ -1,0 +1,102 @@
+"""Settings come from the values given (the flags) over ``CONDA_EXPORTER_*`` env vars over the defaults, with
+the env var names matched in any case, exactly as pydantic-settings' BaseSettings read them before
+(exporter/config.py reads them itself now: importing pydantic-settings cost a third of ``--once``'s start-up).
+Expected values are written out by hand."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from exporter.config import Settings, env_values
+
+
+@pytest.fixture(autouse=True)
+def _no_exporter_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.lower().startswith("conda_exporter_"):
+            monkeypatch.delenv(name)
+
+
+def test_env_values_match_names_in_any_case_and_ignore_others() -> None:
+    environ = {
+        "CONDA_EXPORTER_SCAN_WORKERS": "3",
+        "conda_exporter_log_level": "debug",
+        "Conda_Exporter_Roots": "/a:/b",
+        "CONDA_EXPORTER_FOO": "1",  # no such setting
+        "CONDA_EXPORTER_": "x",
+        "CONDA_EXPORTERSCAN_INTERVAL": "7",  # no underscore after the prefix
+        "SCAN_WORKERS": "9",
+        "HOME": "/root",
+    }
+    assert env_values(environ) == {"scan_workers": "3", "log_level": "debug", "roots": "/a:/b"}
+
+
+def test_of_two_spellings_the_later_wins() -> None:
+    assert env_values({"CONDA_EXPORTER_LOG_LEVEL": "warning", "conda_exporter_log_level": "error"}) == {
+        "log_level": "error"
+    }
+    assert env_values({"conda_exporter_log_level": "error", "CONDA_EXPORTER_LOG_LEVEL": "warning"}) == {
+        "log_level": "warning"
+    }
+
+
+def test_flag_over_env_var_over_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().scan_workers == 2
+    monkeypatch.setenv("CONDA_EXPORTER_SCAN_WORKERS", "3")
+    monkeypatch.setenv("conda_exporter_scan_interval", "60")
+    assert Settings().scan_workers == 3
+    assert Settings().scan_interval == 60.0
+    assert Settings(scan_workers=5).scan_workers == 5
+    assert Settings(scan_workers=5).scan_interval == 60.0
+
+
+def test_env_var_texts_are_parsed_by_the_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONDA_EXPORTER_ROOTS", "/a::/b:")
+    monkeypatch.setenv("CONDA_EXPORTER_ENVS", "")
+    monkeypatch.setenv("CONDA_EXPORTER_WEB_LISTEN_ADDRESS", ":1, [::1]:2 127.0.0.1:3")
+    monkeypatch.setenv("CONDA_EXPORTER_STATE_FILE", "")
+    monkeypatch.setenv("CONDA_EXPORTER_SCAN_MAX_RATE", "auto")
+    monkeypatch.setenv("CONDA_EXPORTER_DISCOVER_ENVIRONMENTS_TXT", "yes")
+    settings = Settings()
+    assert settings.roots == [Path("/a"), Path("/b")]
+    assert settings.envs == []
+    assert settings.web_listen_address == [":1", "[::1]:2", "127.0.0.1:3"]
+    assert settings.state_file is None
+    assert settings.scan_max_rate is None
+    assert settings.discover_environments_txt is True
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("SCAN_WORKERS", ""), ("SCAN_WORKERS", "many"), ("SCAN_WORKERS", "0"), ("WATCH_MODE", "POLL"),
+     ("WEB_LISTEN_ADDRESS", ""), ("WEB_TELEMETRY_PATH", "/healthz"), ("SCAN_MAX_RATE", "null")],
+)
+def test_a_bad_env_var_names_its_field(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(f"CONDA_EXPORTER_{name}", value)
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    assert [err["loc"] for err in caught.value.errors()] == [(name.lower(),)]
+
+
+def test_an_unknown_value_given_is_refused() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(bogus=1)
+    assert [err["loc"] for err in caught.value.errors()] == [("bogus",)]
+
+
+def test_importing_the_command_line_leaves_out_what_once_never_uses() -> None:
+    """What ``--once`` does not need is imported where it is used: the daemon, the HTTP server, the report,
+    the demo, pydantic-settings, PyYAML (only when a conda configuration file exists)."""
+    code = (
+        "import sys, exporter.cli; print(' '.join(sorted(m for m in sys.modules if m in {"
+        "'pydantic_settings', 'yaml', 'asyncio', 'http.server', 'exporter.expose.report', 'exporter.demo', "
+        "'exporter.expose.server', 'exporter.daemon', 'exporter.expose.page', 'bcrypt', 'ssl'})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == []
