@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +36,7 @@ __all__ = [
     "StaleReclaim",
     "TreeUsage",
     "WalkError",
+    "narrow_counts",
 ]
 
 BLOCK_SIZE = 512
@@ -50,6 +51,17 @@ EINTR, ENOTCONN, EREMOTEIO, EHOSTDOWN): a tree whose walk met one keeps its prev
 
 U64 = npt.NDArray[np.uint64]
 I32 = npt.NDArray[np.int32]
+UInt = npt.NDArray[np.unsignedinteger[Any]]
+"""A column of counts in the narrowest unsigned dtype that holds its largest (:func:`narrow_counts`)."""
+
+
+def narrow_counts(values: npt.NDArray[np.integer[Any]]) -> UInt:
+    """``values`` (none negative) as the narrowest of uint8, uint16, uint32 and uint64 that holds the largest:
+    the same array when it already has that dtype, else a copy. A daemon keeps three counts per hardlinked
+    path (links found, ``st_nlink``, ``st_blocks``), nearly always small: 1 to 4 bytes each, not 8."""
+    largest = int(values.max()) if len(values) else 0
+    column: UInt = values.astype(np.min_scalar_type(largest), copy=False)
+    return column
 
 
 @dataclass(frozen=True)
@@ -104,19 +116,22 @@ class SharedInodes:
     """Inodes of one tree that have links outside it, one row per inode, sorted by ``ino``.
 
     ``found`` is the number of the inode's links inside the tree, ``nlink`` its ``st_nlink`` when
-    walked, ``blocks`` its ``st_blocks`` (512-byte units).
+    walked, ``blocks`` its ``st_blocks`` (512-byte units). Those three are each in the narrowest unsigned
+    dtype that holds them (:func:`narrow_counts`; tables of one snapshot differ): comparing and summing them
+    is exact as they are (numpy sums unsigned columns as uint64), anything that can grow past the largest
+    value (a product, a difference, a new value written in) widens first, e.g. ``astype(np.int64)``.
     """
 
     dev: int
     ino: U64
-    nlink: U64
-    found: U64
-    blocks: U64
+    nlink: UInt
+    found: UInt
+    blocks: UInt
 
     @classmethod
     def empty(cls, dev: int = 0) -> SharedInodes:
-        none = np.zeros(0, dtype=np.uint64)
-        return cls(dev, none, none, none, none)
+        none = np.zeros(0, dtype=np.uint8)
+        return cls(dev, np.zeros(0, dtype=np.uint64), none, none, none)
 
     def __len__(self) -> int:
         return int(self.ino.shape[0])

@@ -41,6 +41,10 @@ def test_state_file_round_trips_every_number(tmp_path: Path) -> None:
     after.publish(loaded.snapshot, "state")
     assert exposition_of(after) == exposition_of(before)
     assert [len(e.usage.shared) for e in loaded.snapshot.envs] == [len(e.usage.shared) for e in snapshot.envs]
+    for walked, read in zip(snapshot.envs, loaded.snapshot.envs, strict=True):  # each column as narrow as it was
+        for column in ("ino", "nlink", "found", "blocks"):
+            saved, back = getattr(walked.usage.shared, column), getattr(read.usage.shared, column)
+            assert back.dtype == saved.dtype and back.tolist() == saved.tolist()
 
 
 def test_bad_state_files_are_refused_with_the_reason(tmp_path: Path) -> None:

@@ -63,8 +63,13 @@ WRONG_TYPES: dict[str, Mutation] = {
     "a negative size": _setter("apparent_bytes", -4096),
     "a count past 2**64": _setter("files", 2**70),
     "a time that is not finite": _setter("scanned_at", "INFINITE"),  # written as 1e999, which decodes to inf
-    "a column of the wrong byte length": _setter("ino", "AAAA"),  # base64 of 3 bytes: no uint64 column
-    "a column that is not base64": _setter("nlink", "not base64!"),
+    "a column of the wrong byte length": _setter("ino", "uint64:AAAA"),  # base64 of 3 bytes: no uint64 column
+    "a column that is not base64": _setter("nlink", "uint8:not base64!"),
+    "a column without its dtype": _setter("ino", "AAAAAAAAAAA="),  # 8 bytes, as format 4 wrote them
+    "a dtype its field does not allow": _setter("ino", "uint32:AAAAAA=="),  # inode numbers are uint64
+    "a signed dtype where counts go": _setter("nlink", "int64:AQAAAAAAAAA="),
+    "a float dtype where counts go": _setter("blocks", "float64:AAAAAAAA8D8="),
+    "a dtype numpy would parse": _setter("found", "O:AAAAAAAAAAA="),
     "an object of another class": _setter("usage", {"__type__": "os.system", "args": ["id"]}),
 }
 

@@ -80,8 +80,11 @@ def apply_link_delta(usage: TreeUsage, deltas: dict[int, LinkDelta]) -> TreeUsag
     if not len(rows):
         return usage
     found, blocks, old_nlink = table.found[rows], table.blocks[rows], table.nlink[rows]
-    new_nlink = np.maximum(old_nlink.astype(np.int64) - removed, 1).astype(np.uint64)
-    nlink = table.nlink.copy()
+    new_nlink = np.maximum(old_nlink.astype(np.int64) - removed, 1)
+    # a copy, widened when links were added past what the column's dtype holds (a narrowed column, see
+    # SharedInodes): written into as it is, numpy would wrap the count round
+    wide_enough = np.promote_types(table.nlink.dtype, np.min_scalar_type(int(new_nlink.max())))
+    nlink = table.nlink.astype(wide_enough)
     nlink[rows] = new_nlink
     # Rows stay in the table even when all their links are inside the tree, so that a later delta
     # (links added again, or a transient count seen by a walk racing with a change) can move them back.

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from exporter.account.extents import extent_total, own_extents
-from exporter.model import BLOCK_SIZE, SharedInodes, TreeUsage
+from exporter.model import BLOCK_SIZE, SharedInodes, TreeUsage, UInt, narrow_counts
 from exporter.scan.walk import TreeWalk
 
 __all__ = ["REUSE_LIMIT", "account_tree", "distinct_bytes", "distinct_bytes_update"]
@@ -55,9 +55,9 @@ def account_tree(walk: TreeWalk) -> TreeUsage:
     shared = SharedInodes(
         dev=walk.dev,
         ino=distinct[outside],
-        nlink=nlink_d[outside],
-        found=found[outside].astype(np.uint64),
-        blocks=blocks_d[outside],
+        nlink=narrow_counts(nlink_d[outside]),
+        found=narrow_counts(found[outside]),
+        blocks=narrow_counts(blocks_d[outside]),
     )
     usage = TreeUsage(
         path=walk.path,
@@ -117,7 +117,7 @@ def distinct_bytes(usages: Iterable[TreeUsage]) -> int:
     return total
 
 
-def _outside(table: SharedInodes) -> tuple[U64, U64]:
+def _outside(table: SharedInodes) -> tuple[U64, UInt]:
     """Inodes (sorted) and blocks of the rows of ``table`` that have links outside its tree."""
     mask = table.found < table.nlink
     return table.ino[mask], table.blocks[mask]

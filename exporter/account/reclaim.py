@@ -45,6 +45,7 @@ from exporter.model import (
     SharedInodes,
     StaleReclaim,
     TreeUsage,
+    UInt,
 )
 from exporter.scan.cache import NO_PACKAGE
 
@@ -83,7 +84,7 @@ class _DeviceRows:
     package: I64  # global package id
 
 
-_Links = tuple[U64, I64, U64, U64]  # inode (sorted, unique), links held, st_nlink, blocks
+_Links = tuple[U64, I64, UInt, UInt]  # inode (sorted, unique), links held, st_nlink, blocks
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ class CacheIndex:
         caches = list(caches)
         paths: list[str] = []
         freed_bytes: list[int] = []
-        by_dev: dict[int, tuple[list[U64], list[I64], list[I64], list[U64]]] = {}
+        by_dev: dict[int, tuple[list[U64], list[I64], list[I64], list[UInt]]] = {}
         seen: set[str] = set()
         for cache in caches:
             if cache.path in seen:
@@ -160,7 +161,7 @@ class CacheIndex:
             # is ever cleaned.
             twice = np.isin(ino, distinct[counts >= 2])
             never[package[twice]] = True
-            np.add.at(package_bytes, package[~twice], (block[~twice] * BLOCK_SIZE).astype(np.int64))
+            np.add.at(package_bytes, package[~twice], block[~twice].astype(np.int64) * BLOCK_SIZE)  # (narrow blocks)
             np.add.at(rows, package[~twice], 1)
             np.add.at(settled, package[~twice & (need <= 0)], 1)
             once = counts == 1

@@ -2,10 +2,12 @@
 
 The format is JSON (never pickle: a state file must not be able to run code), versioned, and written
 atomically (a temporary file in the same directory, fsync, rename). The result dataclasses of
-:mod:`exporter.model` are the schema: msgspec encodes them field by field (numpy columns as base64 of
-their bytes) and decodes the whole document against their type annotations in one strict call, so a
-field added to a result type later round-trips without touching this module, and a number where a
-string goes, a list where an object goes, an unknown dtype or a missing field is refused.
+:mod:`exporter.model` are the schema: msgspec encodes them field by field (a numpy column as its dtype's
+name and the base64 of its bytes, ``"uint16:AQACAA=="``) and decodes the whole document against their type
+annotations in one strict call, so a field added to a result type later round-trips without touching this
+module, and a number where a string goes, a list where an object goes, a dtype its annotation does not
+allow (a column annotated uint64 is uint64; one annotated unsigned is uint8, 16, 32 or 64) or a missing
+field is refused.
 
 A file is read only after these checks, each refusing it with the reason as the load result:
 
@@ -45,7 +47,7 @@ __all__ = ["FORMAT", "MAX_BYTES", "MAX_DEPTH", "VERSION", "LoadedState", "load_s
 log = logging.getLogger(__name__)
 
 FORMAT = "conda-env-exporter-state"
-VERSION = 4  # 4: reflink extent rows settled from extent_within_bytes; 3: msgspec encoding checked against the types
+VERSION = 5  # 5: columns name their dtype (counts narrowed); 4: reflink extent rows settled from extent_within_bytes
 
 MAX_BYTES = 128 * 1024 * 1024
 """Largest state file read. The file costs ~45 bytes per hardlinked path (the shared-inode columns):
@@ -93,19 +95,36 @@ class LoadedState:
     fingerprints: Fingerprints = dataclasses.field(default_factory=dict)
 
 
+_UNSIGNED = {np.dtype(t).name: np.dtype(t) for t in (np.uint8, np.uint16, np.uint32, np.uint64)}
+
+
 def _enc_hook(value: object) -> object:
     if isinstance(value, np.ndarray):
-        return base64.b64encode(value.tobytes()).decode("ascii")
+        return f"{value.dtype.name}:{base64.b64encode(value.tobytes()).decode('ascii')}"
     raise NotImplementedError(f"cannot save a {type(value).__name__} in a state file")
 
 
+def _allowed_dtypes(kind: type) -> dict[str, np.dtype[typing.Any]]:
+    """The dtypes a column annotated ``kind`` may have, by name: the one it names, or for an abstract
+    unsigned annotation (a narrowed count column, :func:`exporter.model.narrow_counts`) each unsigned one."""
+    scalar = typing.get_args(typing.get_args(kind)[1])[0]
+    if typing.get_origin(scalar) is np.unsignedinteger or scalar is np.unsignedinteger:
+        return _UNSIGNED
+    dtype = np.dtype(scalar)
+    return {dtype.name: dtype}
+
+
 def _dec_hook(kind: type, value: object) -> object:
-    """A numpy column from base64, with the dtype its annotation names (never one the file names)."""
+    """A numpy column from ``"<dtype>:<base64>"``, the dtype one its annotation allows (the file only chooses
+    among those)."""
     if typing.get_origin(kind) is not np.ndarray or not isinstance(value, str):
         raise NotImplementedError(f"expected a base64 column for {kind!r}")
-    dtype = np.dtype(typing.get_args(typing.get_args(kind)[1])[0])
+    name, _, text = value.partition(":")
+    dtype = _allowed_dtypes(kind).get(name)
+    if dtype is None:
+        raise ValueError(f"a column of dtype {name[:16]!r}, where {kind!r} goes")
     try:
-        raw = base64.b64decode(value, validate=True)
+        raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ValueError(f"a column is not base64: {exc}") from None
     if len(raw) % dtype.itemsize:
