@@ -2,40 +2,56 @@
 
 A scan's transient allocations (worker results received and unpickled, the columns of the snapshot it
 replaces, the state file's encoded text) are freed once the new snapshot is published, but glibc's
-``malloc`` keeps freed memory inside its arenas for reuse: the daemon's resident size stayed near its
-peak, about twice what the served snapshot needs. ``malloc_trim(0)`` hands every wholly free page of
-every arena back (``madvise(MADV_DONTNEED)``), so the steady resident size follows what is kept.
-Elsewhere (musl, macOS, Windows) there is no such call and this does nothing.
+``malloc`` keeps freed memory for reuse: the daemon's resident size stayed near its peak, about twice what
+the served snapshot needs. Two things keep it down:
+
+* ``malloc_trim(0)`` after each published scan hands every wholly free page inside the heaps back
+  (``madvise(MADV_DONTNEED)``);
+* fixed mmap and trim thresholds (``mallopt``): glibc otherwise raises both as big blocks are freed (up to
+  32 and 64 MiB), and then keeps the free top of a thread's heap, which ``malloc_trim`` never shrinks (it
+  does so for the main thread's heap only); the scans run on threads. With them fixed at 128 KiB, a block
+  that big is mapped on its own and unmapped when freed, and a heap's free top is returned when it passes
+  128 KiB.
+
+Elsewhere (musl, macOS, Windows) there are no such calls and this does nothing.
 """
 
 from __future__ import annotations
 
 import ctypes
-import logging
-from collections.abc import Callable
 
-__all__ = ["release_freed_memory"]
+__all__ = ["THRESHOLD_BYTES", "keep_heap_small", "release_freed_memory"]
 
-log = logging.getLogger(__name__)
+THRESHOLD_BYTES = 128 * 1024  # glibc's own initial mmap and trim thresholds
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc's malloc.h)
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
+def _libc() -> ctypes.CDLL | None:
     try:
-        trim = ctypes.CDLL(None).malloc_trim  # the C library the interpreter already runs on
-    except (OSError, AttributeError, TypeError):  # no such symbol (not glibc), or no dlopen(NULL) (Windows)
+        libc = ctypes.CDLL(None)  # the C library the interpreter already runs on
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    except (OSError, AttributeError, TypeError):  # no such symbols (not glibc), or no dlopen(NULL) (Windows)
         return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
+    return libc
 
 
-_TRIM = _malloc_trim()
+_LIBC = _libc()
+
+
+def keep_heap_small() -> bool:
+    """Fix glibc's mmap and trim thresholds (see the module doc) for the rest of the process, before the
+    first scan; True if the C library has them (glibc)."""
+    if _LIBC is None:
+        return False
+    results = [_LIBC.mallopt(parameter, THRESHOLD_BYTES) for parameter in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD)]
+    return all(results)  # (mallopt answers 1 when it took the value)
 
 
 def release_freed_memory() -> bool:
     """Return the free pages of the C heap to the operating system; True if the C library can (glibc).
     Costs a walk of the heap's free chunks: milliseconds, so it runs after each published scan."""
-    if _TRIM is None:
+    if _LIBC is None:
         return False
-    _TRIM(0)
+    _LIBC.malloc_trim(0)
     return True

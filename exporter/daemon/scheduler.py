@@ -32,7 +32,7 @@ from exporter.daemon.detect import ChangeDetector
 from exporter.daemon.discovery import RootSet
 from exporter.daemon.guard import guarded, retry_startup, run_guarded
 from exporter.daemon.incremental import rediscover, rescan
-from exporter.daemon.memory import release_freed_memory
+from exporter.daemon.memory import keep_heap_small, release_freed_memory
 from exporter.daemon.targets import Target
 from exporter.daemon.warm import PublishedState
 from exporter.discover.roots import Discovery, RootLayout
@@ -123,8 +123,7 @@ class Daemon:
     def reconfigure(self, discovery: Discovery, options: ScanOptions) -> None:
         """Take new roots and scan options (SIGHUP); applied by a reconcile scan as soon as possible."""
         with self._cond:
-            self.rootset = RootSet(discovery)
-            self.options = options
+            self.rootset, self.options = RootSet(discovery), options
         self._request_reconcile()
 
     def mark_dirty(self, target: Target, trigger: str = "event") -> None:
@@ -147,6 +146,7 @@ class Daemon:
             self._cond.notify()
 
     def start(self) -> None:
+        keep_heap_small()  # before the first scan: see exporter.daemon.memory
         self._thread.start()  # runs _serve, guarded: see exporter.daemon.guard
 
     def request_stop(self) -> None:
