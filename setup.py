@@ -12,6 +12,7 @@ setup(
         Extension(
             "exporter.scan._walker",
             sources=["exporter/scan/_walker.c"],
+            depends=["exporter/scan/_owned.h"],
             extra_compile_args=["-O2", "-Wall", "-Wextra"],
             optional=True,
         )

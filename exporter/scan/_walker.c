@@ -149,7 +149,6 @@ typedef struct {
     size_t len;
     uint64_t hash;
     int64_t value;
-    int relocated;
 } slot;
 
 typedef struct {
@@ -173,7 +172,7 @@ static void strmap_put(strmap *m, const char *key, size_t len, int64_t value) {
             s->key = key;
             s->len = len;
             s->hash = h;
-            s->value = value; /* the last record wins a clash, as in _walk_python's `owned` */
+            s->value = value;
             return;
         }
     }
@@ -187,6 +186,8 @@ static slot *strmap_get(const strmap *m, const char *key, size_t len) {
         if (s->hash == h && s->len == len && memcmp(s->key, key, len) == 0) return s;
     }
 }
+
+#include "_owned.h"
 
 /* Open-addressing set of inode numbers (0 marks an empty slot; inode 0 is tracked apart). */
 typedef struct {
@@ -335,8 +336,9 @@ typedef struct {
     uint64_t dev, ino;
     int cross;
     strmap exclude;
-    strmap owned;
+    owned_index owned;
     int has_owned;
+    int64_t listing_dir; /* the directory being listed, in `owned` (-1: none of its files is owned) */
     Py_ssize_t packages;
     const char **entries; /* cache entry per package, or NULL */
     int64_t *package_blocks, *cached_single, *uncached_single;
@@ -555,9 +557,7 @@ static int count_file(walk_state *w, int dir_fd, const char *name, const struct 
     int64_t blocks = counted_blocks(w, dir_fd, name, st);
     if (blocks < 0) return -1;
     if (check_owner) {
-        const char *rel = w->path + w->top_len + 1;
-        size_t rel_len = path_len - w->top_len - 1;
-        const slot *owner = strmap_get(&w->owned, rel, rel_len);
+        const owned_slot *owner = owned_get(&w->owned, w->listing_dir, name, path_len - w->listing_len - 1);
         Py_ssize_t index = owner ? (Py_ssize_t)owner->value : -1;
         if (!owner || index < 0 || index >= w->packages) {
             w->untracked_files++;
@@ -617,6 +617,7 @@ static int list_dir(walk_state *w) {
     size_t reldir_len = dir_len > w->top_len ? dir_len - w->top_len - 1 : 0;
     int check_owner = w->has_owned && !is_metadata_dir(reldir, reldir_len);
     w->listing_len = dir_len;
+    w->listing_dir = check_owner ? owned_find_dir(&w->owned, reldir, reldir_len) : -1;
     int rc = 0;
     for (;;) {
         errno = 0;
@@ -767,12 +768,13 @@ oom:
     w->out_of_memory = 1;
 }
 
-/* Add one str key to `map`. Its bytes are the filesystem encoding of the str (surrogateescape), as
- * os.fsencode gives them: for ASCII text, the str's own storage (the caller keeps the str alive),
- * otherwise an encoded copy that `holder` keeps alive. */
-static int put_key(strmap *map, PyObject *key, int64_t value, PyObject *holder) {
+/* The bytes of a str key: the filesystem encoding of the str (surrogateescape), as os.fsencode gives them;
+ * for ASCII text the str's own storage (the caller keeps the str alive), otherwise an encoded copy that
+ * `holder` keeps alive. -1 on error. */
+static int key_bytes(PyObject *key, PyObject *holder, const char **data, size_t *len) {
     if (PyUnicode_Check(key) && PyUnicode_IS_ASCII(key)) {
-        strmap_put(map, (const char *)PyUnicode_DATA(key), (size_t)PyUnicode_GET_LENGTH(key), value);
+        *data = (const char *)PyUnicode_DATA(key);
+        *len = (size_t)PyUnicode_GET_LENGTH(key);
         return 0;
     }
     PyObject *encoded = PyUnicode_EncodeFSDefault(key);
@@ -780,7 +782,8 @@ static int put_key(strmap *map, PyObject *key, int64_t value, PyObject *holder) 
     int appended = PyList_Append(holder, encoded);
     Py_DECREF(encoded); /* alive in holder if appended */
     if (appended < 0) return -1;
-    strmap_put(map, PyBytes_AS_STRING(encoded), (size_t)PyBytes_GET_SIZE(encoded), value);
+    *data = PyBytes_AS_STRING(encoded);
+    *len = (size_t)PyBytes_GET_SIZE(encoded);
     return 0;
 }
 
@@ -795,7 +798,10 @@ static int fill_set(strmap *map, PyObject *keys, PyObject *holder) {
     PyObject *iter = PyObject_GetIter(keys), *key;
     if (!iter) return -1;
     while ((key = PyIter_Next(iter))) {
-        int failed = PyList_Append(holder, key) < 0 || put_key(map, key, 0, holder) < 0;
+        const char *data;
+        size_t len;
+        int failed = PyList_Append(holder, key) < 0 || key_bytes(key, holder, &data, &len) < 0;
+        if (!failed) strmap_put(map, data, len, 0);
         Py_DECREF(key);
         if (failed) break;
     }
@@ -829,7 +835,7 @@ static int load_ownership(walk_state *w, PyObject *files, PyObject *relocated, P
     w->uncached_single = calloc(count, sizeof(int64_t));
     w->entries = calloc(count, sizeof(char *));
     if (!w->package_blocks || !w->cached_single || !w->uncached_single || !w->entries ||
-        strmap_init(&w->owned, (size_t)total) < 0) {
+        owned_init(&w->owned, (size_t)total) < 0) {
         PyErr_NoMemory();
         goto out;
     }
@@ -840,8 +846,19 @@ static int load_ownership(walk_state *w, PyObject *files, PyObject *relocated, P
         Py_XDECREF(paths);
         if (held < 0) goto out;
         for (Py_ssize_t j = 0; j < PySequence_Fast_GET_SIZE(paths); j++) {
-            if (put_key(&w->owned, PySequence_Fast_GET_ITEM(paths, j), i, holder) < 0) goto out;
+            const char *data;
+            size_t len;
+            if (key_bytes(PySequence_Fast_GET_ITEM(paths, j), holder, &data, &len) < 0) goto out;
+            /* a later package wins a path two list, as in exporter.scan.pywalk */
+            if (owned_add(&w->owned, data, len, (int32_t)i) < 0) {
+                PyErr_NoMemory();
+                goto out;
+            }
         }
+    }
+    if (owned_finish(&w->owned) < 0) {
+        PyErr_NoMemory();
+        goto out;
     }
     for (Py_ssize_t i = 0; i < packages; i++) {
         PyObject *iter = PyObject_GetIter(PySequence_Fast_GET_ITEM(relocated_fast, i)), *key;
@@ -850,7 +867,7 @@ static int load_ownership(walk_state *w, PyObject *files, PyObject *relocated, P
             PyObject *encoded = PyUnicode_EncodeFSDefault(key);
             Py_DECREF(key);
             if (!encoded) break;
-            slot *s = strmap_get(&w->owned, PyBytes_AS_STRING(encoded), (size_t)PyBytes_GET_SIZE(encoded));
+            owned_slot *s = owned_get_path(&w->owned, PyBytes_AS_STRING(encoded), (size_t)PyBytes_GET_SIZE(encoded));
             if (s && s->value == i) s->relocated = 1;
             Py_DECREF(encoded);
         }
@@ -1014,7 +1031,7 @@ static PyObject *walker_walk(PyObject *Py_UNUSED(self), PyObject *args) {
     }
     PyObject *result = NULL, *holder = PyList_New(0);
     if (!holder || fill_set(&w.exclude, exclude, holder) < 0) goto out;
-    if (w.has_owned ? load_ownership(&w, files, relocated, entries, holder) < 0 : strmap_init(&w.owned, 0) < 0) goto out;
+    if (w.has_owned && load_ownership(&w, files, relocated, entries, holder) < 0) goto out;
 
     Py_BEGIN_ALLOW_THREADS
     walk_all(&w);
@@ -1029,7 +1046,7 @@ out:
     Py_XDECREF(holder);
     if (w.budget) munmap(w.budget, sizeof(struct budget_block));
     free(w.exclude.slots);
-    free(w.owned.slots);
+    owned_free(&w.owned);
     free(w.package_blocks);
     free(w.cached_single);
     free(w.uncached_single);
