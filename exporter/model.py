@@ -36,7 +36,7 @@ __all__ = [
     "StaleReclaim",
     "TreeUsage",
     "WalkError",
-    "narrow_counts",
+    "narrow_unsigned",
 ]
 
 BLOCK_SIZE = 512
@@ -52,13 +52,14 @@ EINTR, ENOTCONN, EREMOTEIO, EHOSTDOWN): a tree whose walk met one keeps its prev
 U64 = npt.NDArray[np.uint64]
 I32 = npt.NDArray[np.int32]
 UInt = npt.NDArray[np.unsignedinteger[Any]]
-"""A column of counts in the narrowest unsigned dtype that holds its largest (:func:`narrow_counts`)."""
+"""A column in the narrowest unsigned dtype that holds its largest value (:func:`narrow_unsigned`)."""
 
 
-def narrow_counts(values: npt.NDArray[np.integer[Any]]) -> UInt:
+def narrow_unsigned(values: npt.NDArray[np.integer[Any]]) -> UInt:
     """``values`` (none negative) as the narrowest of uint8, uint16, uint32 and uint64 that holds the largest:
-    the same array when it already has that dtype, else a copy. A daemon keeps three counts per hardlinked
-    path (links found, ``st_nlink``, ``st_blocks``), nearly always small: 1 to 4 bytes each, not 8."""
+    the same array when it already has that dtype, else a copy. A daemon keeps an inode number and three
+    counts (links found, ``st_nlink``, ``st_blocks``) per hardlinked path, nearly always small: inode numbers
+    fit 32 bits on ext4, the counts 8 to 32; so 5 to 12 bytes, not 32."""
     largest = int(values.max()) if len(values) else 0
     column: UInt = values.astype(np.min_scalar_type(largest), copy=False)
     return column
@@ -116,14 +117,15 @@ class SharedInodes:
     """Inodes of one tree that have links outside it, one row per inode, sorted by ``ino``.
 
     ``found`` is the number of the inode's links inside the tree, ``nlink`` its ``st_nlink`` when
-    walked, ``blocks`` its ``st_blocks`` (512-byte units). Those three are each in the narrowest unsigned
-    dtype that holds them (:func:`narrow_counts`; tables of one snapshot differ): comparing and summing them
-    is exact as they are (numpy sums unsigned columns as uint64), anything that can grow past the largest
-    value (a product, a difference, a new value written in) widens first, e.g. ``astype(np.int64)``.
+    walked, ``blocks`` its ``st_blocks`` (512-byte units). Each column is in the narrowest unsigned dtype
+    that holds it (:func:`narrow_unsigned`; tables of one snapshot differ): comparing, sorting, searching,
+    concatenating and summing them is exact as they are (numpy promotes unsigned to unsigned, and sums them
+    as uint64), anything that can grow past the largest value (a product, a difference, a new value written
+    in) widens first, e.g. ``astype(np.int64)``; never mix them with signed int64 (numpy would make float64).
     """
 
     dev: int
-    ino: U64
+    ino: UInt
     nlink: UInt
     found: UInt
     blocks: UInt
@@ -131,7 +133,7 @@ class SharedInodes:
     @classmethod
     def empty(cls, dev: int = 0) -> SharedInodes:
         none = np.zeros(0, dtype=np.uint8)
-        return cls(dev, np.zeros(0, dtype=np.uint64), none, none, none)
+        return cls(dev, none, none, none, none)
 
     def __len__(self) -> int:
         return int(self.ino.shape[0])

@@ -8,7 +8,7 @@ import pytest
 import exporter.account.links
 from exporter.account.delta import apply_link_delta, link_delta
 from exporter.account.links import distinct_bytes, distinct_bytes_update
-from exporter.model import BLOCK_SIZE, SharedInodes, TreeUsage, narrow_counts
+from exporter.model import BLOCK_SIZE, SharedInodes, TreeUsage, narrow_unsigned
 
 
 def table(rows: list[tuple[int, int, int, int]], dev: int = 7) -> SharedInodes:
@@ -94,16 +94,15 @@ def test_totals_when_a_tree_moves_to_another_device_by_hand(monkeypatch: pytest.
 
 
 def narrow_table(rows: list[tuple[int, int, int, int]], dev: int = 7) -> SharedInodes:
-    """Rows of (ino, nlink, found, blocks), the counts narrowed as the walk's accounting stores them."""
-    ino, nlink, found, blocks = (np.array([r[i] for r in rows], dtype=np.uint64) for i in range(4))
-    return SharedInodes(dev, ino, narrow_counts(nlink), narrow_counts(found), narrow_counts(blocks))
+    """Rows of (ino, nlink, found, blocks), each column narrowed as the walk's accounting stores it."""
+    return SharedInodes(dev, *(narrow_unsigned(np.array([r[i] for r in rows], dtype=np.uint64)) for i in range(4)))
 
 
 def test_counts_take_the_narrowest_unsigned_dtype_that_holds_them() -> None:
     cases = [([], np.uint8), ([0, 255], np.uint8), ([256], np.uint16), ([65535], np.uint16), ([65536], np.uint32),
              ([2**32 - 1], np.uint32), ([2**32], np.uint64), ([2**64 - 1], np.uint64)]
     for values, dtype in cases:
-        column = narrow_counts(np.array(values, dtype=np.uint64))
+        column = narrow_unsigned(np.array(values, dtype=np.uint64))
         assert column.dtype == dtype and column.tolist() == values
 
 
@@ -118,12 +117,14 @@ def test_links_added_past_a_narrow_column_widen_it() -> None:
 
 
 def test_totals_over_tables_of_different_dtypes_are_exact() -> None:
-    # inode 10 is 70000 blocks in X (uint32 column) and, modified since, 200 in Y (uint8): the fewest count
-    x = usage(narrow_table([(10, 3, 1, 70000), (12, 2, 1, 3)]), unique_blocks=1)
+    # inode 10 is 70000 blocks in X (uint32 column) and, modified since, 200 in Y (uint8): the fewest count;
+    # X's inode numbers need 64 bits, Y's 8
+    x = usage(narrow_table([(10, 3, 1, 70000), (12, 2, 1, 3), (2**40, 2, 1, 5)]), unique_blocks=1)
     y = usage(narrow_table([(10, 3, 1, 200), (11, 2, 1, 2**33)]), unique_blocks=2)
     assert x.shared.blocks.dtype == np.uint32 and y.shared.blocks.dtype == np.uint64
-    assert distinct_bytes([x, y]) == (1 + 2 + 200 + 3 + 2**33) * BLOCK_SIZE
+    assert x.shared.ino.dtype == np.uint64 and y.shared.ino.dtype == np.uint8
+    assert distinct_bytes([x, y]) == (1 + 2 + 200 + 3 + 5 + 2**33) * BLOCK_SIZE
     # Y deleted: inode 10 keeps X's blocks, inode 11 goes
     after = distinct_bytes_update(distinct_bytes([x, y]), [(x, apply_link_delta(x, link_delta([y.shared], []))),
                                                             (y, None)])
-    assert after == (1 + 70000 + 3) * BLOCK_SIZE
+    assert after == (1 + 70000 + 3 + 5) * BLOCK_SIZE

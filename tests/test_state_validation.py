@@ -8,6 +8,7 @@ file was read whole (640 MB peak); a deeply nested one raised out of the parser.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from exporter.daemon.state import MAX_BYTES, MAX_DEPTH, load_state, max_depth, save_state
@@ -56,6 +58,18 @@ def _setter(key: str, new: object) -> Mutation:
     return mutate
 
 
+def _table(columns: dict[str, tuple[str, list[int]]]) -> Mutation:
+    """Replace the columns of the first shared-inode table with these (dtype name, values)."""
+
+    def mutate(document: Any) -> None:
+        holder = _first(document, "ino")
+        assert holder, "no shared-inode table in the state file"
+        for key, (dtype, values) in columns.items():
+            holder[key] = f"{dtype}:{base64.b64encode(np.array(values, dtype=dtype).tobytes()).decode()}"
+
+    return mutate
+
+
 WRONG_TYPES: dict[str, Mutation] = {
     "a string where a number goes": _setter("unique_bytes", "12345"),
     "a list where an object goes": _setter("contents", [1, 2, 3]),
@@ -71,6 +85,10 @@ WRONG_TYPES: dict[str, Mutation] = {
     "a float dtype where counts go": _setter("blocks", "float64:AAAAAAAA8D8="),
     "a dtype numpy would parse": _setter("found", "O:AAAAAAAAAAA="),
     "an object of another class": _setter("usage", {"__type__": "os.system", "args": ["id"]}),
+    "inodes not sorted": _table({"ino": ("uint64", [5, 3]), "nlink": ("uint8", [2, 2]), "found": ("uint8", [1, 1]),
+                                 "blocks": ("uint8", [8, 8])}),
+    "inodes repeated": _table({"ino": ("uint32", [5, 5]), "nlink": ("uint8", [2, 2]), "found": ("uint8", [1, 1]),
+                               "blocks": ("uint8", [8, 8])}),
 }
 
 

@@ -13,12 +13,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import numpy.typing as npt
 
-from exporter.model import BLOCK_SIZE, SharedInodes, TreeUsage
+from exporter.model import BLOCK_SIZE, SharedInodes, TreeUsage, UInt
 
 __all__ = ["LinkDelta", "apply_link_delta", "link_delta"]
-
-U64 = npt.NDArray[np.uint64]
-
 
 @dataclass(frozen=True)
 class LinkDelta:
@@ -26,7 +23,7 @@ class LinkDelta:
     (negative: links were added). ``ino`` is sorted and unique."""
 
     dev: int
-    ino: U64
+    ino: UInt
     removed: npt.NDArray[np.int64]
 
 
@@ -38,7 +35,7 @@ def link_delta(old: Iterable[SharedInodes], new: Iterable[SharedInodes]) -> dict
     shared with another tree was shared in every rescanned tree holding it, before and after, unless
     that other tree changed too (then it must be in the rescanned set, and gets no delta).
     """
-    by_dev: dict[int, tuple[list[U64], list[npt.NDArray[np.int64]]]] = {}
+    by_dev: dict[int, tuple[list[UInt], list[npt.NDArray[np.int64]]]] = {}
     for tables, sign in ((old, 1), (new, -1)):
         for table in tables:
             if not len(table):

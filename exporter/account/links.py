@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from exporter.account.extents import extent_total, own_extents
-from exporter.model import BLOCK_SIZE, SharedInodes, TreeUsage, UInt, narrow_counts
+from exporter.model import BLOCK_SIZE, SharedInodes, TreeUsage, UInt, narrow_unsigned
 from exporter.scan.walk import TreeWalk
 
 __all__ = ["REUSE_LIMIT", "account_tree", "distinct_bytes", "distinct_bytes_update"]
@@ -54,10 +54,10 @@ def account_tree(walk: TreeWalk) -> TreeUsage:
     shared_blocks = int(blocks_d[outside].sum())
     shared = SharedInodes(
         dev=walk.dev,
-        ino=distinct[outside],
-        nlink=narrow_counts(nlink_d[outside]),
-        found=narrow_counts(found[outside]),
-        blocks=narrow_counts(blocks_d[outside]),
+        ino=narrow_unsigned(distinct[outside]),
+        nlink=narrow_unsigned(nlink_d[outside]),
+        found=narrow_unsigned(found[outside]),
+        blocks=narrow_unsigned(blocks_d[outside]),
     )
     usage = TreeUsage(
         path=walk.path,
@@ -117,13 +117,13 @@ def distinct_bytes(usages: Iterable[TreeUsage]) -> int:
     return total
 
 
-def _outside(table: SharedInodes) -> tuple[U64, UInt]:
+def _outside(table: SharedInodes) -> tuple[UInt, UInt]:
     """Inodes (sorted) and blocks of the rows of ``table`` that have links outside its tree."""
     mask = table.found < table.nlink
     return table.ino[mask], table.blocks[mask]
 
 
-def _changed_rows(before: SharedInodes | None, after: SharedInodes | None) -> U64:
+def _changed_rows(before: SharedInodes | None, after: SharedInodes | None) -> UInt:
     """Inodes whose row differs for the root total between two tables of one tree: outside in one
     and not the other, or outside in both with other blocks."""
     if before is None or after is None:
@@ -134,7 +134,7 @@ def _changed_rows(before: SharedInodes | None, after: SharedInodes | None) -> U6
         # tree that moved the links may be outside the trees being totalled (an env rescanned after
         # a file was deleted by hand, for its cache's total), so these rows are candidates too.
         flipped: npt.NDArray[np.bool_] = (before.found < before.nlink) != (after.found < after.nlink)
-        inodes: U64 = before.ino[flipped]
+        inodes: UInt = before.ino[flipped]
         return inodes
     old_ino, old_blocks = _outside(before)
     new_ino, new_blocks = _outside(after)
@@ -146,10 +146,11 @@ def _changed_rows(before: SharedInodes | None, after: SharedInodes | None) -> U6
     same[kept] = new_blocks[pos[kept]] == old_blocks[kept]
     back = np.minimum(np.searchsorted(old_ino, new_ino), len(old_ino) - 1)
     added = old_ino[back] != new_ino
-    return np.concatenate([old_ino[~same], new_ino[added]]).astype(np.uint64, copy=False)
+    differ: UInt = np.concatenate([old_ino[~same], new_ino[added]])
+    return differ
 
 
-def _fewest_outside_blocks(tables: Iterable[SharedInodes], inodes: U64) -> int:
+def _fewest_outside_blocks(tables: Iterable[SharedInodes], inodes: UInt) -> int:
     """Sum over ``inodes`` (sorted, unique) of the fewest blocks a table row where it is outside gives it."""
     blocks = np.full(inodes.shape[0], np.iinfo(np.uint64).max, np.uint64)
     seen = np.zeros(inodes.shape[0], bool)
@@ -180,7 +181,7 @@ def distinct_bytes_update(
     total = before_total
     if any(len(t.extent_start) for pair in trees for t in pair if t is not None):
         total += extent_total(a for _, a in trees if a is not None) - extent_total(b for b, _ in trees if b is not None)
-    changed: dict[int, list[U64]] = {}
+    changed: dict[int, list[UInt]] = {}
     for before, after in trees:
         if before is after:
             continue

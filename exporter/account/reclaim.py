@@ -79,12 +79,12 @@ def package_rows(
 
 @dataclass(frozen=True)
 class _DeviceRows:
-    ino: U64  # sorted, unique: hardlinked inodes of cleanable package dirs
+    ino: UInt  # sorted, unique: hardlinked inodes of cleanable package dirs
     need: I64  # links each must lose for its dir to be cleanable (st_nlink - 1)
     package: I64  # global package id
 
 
-_Links = tuple[U64, I64, UInt, UInt]  # inode (sorted, unique), links held, st_nlink, blocks
+_Links = tuple[UInt, I64, UInt, UInt]  # inode (sorted, unique), links held, st_nlink, blocks
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class CacheIndex:
         caches = list(caches)
         paths: list[str] = []
         freed_bytes: list[int] = []
-        by_dev: dict[int, tuple[list[U64], list[I64], list[I64], list[UInt]]] = {}
+        by_dev: dict[int, tuple[list[UInt], list[I64], list[I64], list[UInt]]] = {}
         seen: set[str] = set()
         for cache in caches:
             if cache.path in seen:

@@ -106,7 +106,7 @@ def _enc_hook(value: object) -> object:
 
 def _allowed_dtypes(kind: type) -> dict[str, np.dtype[typing.Any]]:
     """The dtypes a column annotated ``kind`` may have, by name: the one it names, or for an abstract
-    unsigned annotation (a narrowed count column, :func:`exporter.model.narrow_counts`) each unsigned one."""
+    unsigned annotation (a narrowed count column, :func:`exporter.model.narrow_unsigned`) each unsigned one."""
     scalar = typing.get_args(typing.get_args(kind)[1])[0]
     if typing.get_origin(scalar) is np.unsignedinteger or scalar is np.unsignedinteger:
         return _UNSIGNED
@@ -239,7 +239,8 @@ def _check_values(value: object, where: str = "$") -> None:
         return
     if isinstance(value, SharedInodes):
         lengths = {len(value.ino), len(value.nlink), len(value.found), len(value.blocks)}
-        if len(lengths) != 1 or (len(value.ino) > 1 and not bool(np.all(np.diff(value.ino) > 0))):
+        # (not np.diff: unsigned, it wraps a step down round to a huge step up)
+        if len(lengths) != 1 or not bool(np.all(value.ino[1:] > value.ino[:-1])):
             raise ValueError(f"{where}: its columns differ in length or its inodes are not sorted")
     if isinstance(value, PkgsChunk):
         dirs = len(value.package_dirs)
