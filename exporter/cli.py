@@ -7,6 +7,7 @@ its ``CONDA_EXPORTER_*`` env var. Usage errors and missing roots print one line 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import select
@@ -309,7 +310,14 @@ def run(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``conda-env-exporter`` command."""
+    """Entry point of the ``conda-env-exporter`` command.
+
+    With ``argv`` None, main is the command itself, and the process ends when it returns: the objects made by
+    the imports, then those left at the end, are frozen out of the garbage collector (:func:`gc.freeze`). Its
+    full collections walk every tracked object, the interpreter's exit alone runs several, and they cost ~50 ms
+    after ``--once`` (5% of it on a 300k-path tree) with no garbage to find."""
+    if argv is None:
+        gc.freeze()
     try:
         return run(argv)
     except UsageError as exc:
@@ -317,3 +325,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    finally:
+        if argv is None:
+            gc.freeze()
