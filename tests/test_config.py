@@ -6,8 +6,6 @@ Expected values are written out by hand."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -89,14 +87,3 @@ def test_an_unknown_value_given_is_refused() -> None:
         Settings(bogus=1)
     assert [err["loc"] for err in caught.value.errors()] == [("bogus",)]
 
-
-def test_importing_the_command_line_leaves_out_what_once_never_uses() -> None:
-    """What ``--once`` does not need is imported where it is used: the daemon, the HTTP server, the report,
-    the demo, pydantic-settings, PyYAML (only when a conda configuration file exists)."""
-    code = (
-        "import sys, exporter.cli; print(' '.join(sorted(m for m in sys.modules if m in {"
-        "'pydantic_settings', 'yaml', 'asyncio', 'http.server', 'exporter.expose.report', 'exporter.demo', "
-        "'exporter.expose.server', 'exporter.daemon', 'exporter.expose.page', 'bcrypt', 'ssl'})))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == []
