@@ -50,11 +50,11 @@ FORMAT = "conda-env-exporter-state"
 VERSION = 5  # 5: columns name their dtype (counts narrowed); 4: reflink extent rows settled from extent_within_bytes
 
 MAX_BYTES = 128 * 1024 * 1024
-"""Largest state file read. The file costs ~45 bytes per hardlinked path (the shared-inode columns):
-30.8 MB for the 100-env ``wide`` benchmark tree (692k shared rows), ~49 MB for the ``large`` one (1.1M).
-128 MiB is 2.6x that and covers ~3M hardlinked paths, about what the shipped 512 MiB memory limit covers
-for a scan (README, Deploy); loading peaks near twice the file's size, so a bigger file could get the
-exporter OOM-killed at start. Past it a full scan runs instead, which is always correct."""
+"""Largest state file read. The file costs ~13 bytes per hardlinked path (the shared-inode columns, each
+in its narrowest dtype, as base64): 8.6 MB for the 100-env ``wide`` benchmark tree (692k shared rows),
+14 MB for the ``large`` one (1.1M). 128 MiB covers ~10M hardlinked paths; loading peaks near twice the
+file's size, so a bigger file could get the exporter OOM-killed at start under the shipped 512 MiB memory
+limit (README, Deploy). Past it a full scan runs instead, which is always correct."""
 
 MAX_DEPTH = 32
 """Deepest nesting of arrays and objects accepted. The deepest the schema goes is 9 (document, snapshot,
