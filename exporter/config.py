@@ -7,22 +7,13 @@ and the README table all come from this one place (``python -m exporter.config``
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = [
-    "DEFAULT_PORT",
-    "ENV_PREFIX",
-    "NETWORK_MAX_RATE",
-    "Settings",
-    "env_values",
-    "flag_of",
-    "markdown_table",
-    "scan_rate",
-]
+__all__ = ["DEFAULT_PORT", "ENV_PREFIX", "NETWORK_MAX_RATE", "Settings", "flag_of", "markdown_table", "scan_rate"]
 
 ENV_PREFIX = "CONDA_EXPORTER_"
 DEFAULT_PORT = 9867
@@ -34,22 +25,18 @@ def _flag(flag: str) -> dict[str, Any]:
     return {"flag": flag}
 
 
-class Settings(BaseModel):
-    """Everything the exporter can be told, ``Settings(**flags)``: over :func:`env_values`, over the defaults.
-    Durations are in seconds."""
+class Settings(BaseSettings):
+    """Everything the exporter can be told. Durations are in seconds."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
-    def __init__(self, **values: Any) -> None:
-        super().__init__(**{**env_values(os.environ), **values})
-
-    roots: list[Path] = Field(
+    roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="Conda installation to scan; repeat the flag for several. The env var takes "
         "paths separated by ':'. Empty: auto-detect.",
         json_schema_extra=_flag("--root"),
     )
-    envs: list[Path] = Field(
+    envs: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="An env prefix outside any root (a pixi env, a --prefix env); repeat for several. "
         "The env var takes paths separated by ':'.",
@@ -61,7 +48,7 @@ class Settings(BaseModel):
         "reads other users' home directories).",
         json_schema_extra=_flag("--discover.environments-txt"),
     )
-    web_listen_address: list[str] = Field(
+    web_listen_address: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: [f":{DEFAULT_PORT}"],
         description="Address to serve HTTP on, as [host]:port; repeat the flag for several. An empty host "
         "means all interfaces, IPv6 and IPv4. The env var takes addresses separated by ',' or spaces.",
@@ -86,7 +73,9 @@ class Settings(BaseModel):
         json_schema_extra=_flag("--scan.interval"),
     )
     scan_workers: int = Field(
-        default=2, ge=1, le=64,
+        default=2,
+        ge=1,
+        le=64,
         description="Worker processes for a full scan (1: scan in the exporter's own process).",
         json_schema_extra=_flag("--scan.workers"),
     )
@@ -107,7 +96,9 @@ class Settings(BaseModel):
         json_schema_extra=_flag("--watch.mode"),
     )
     watch_debounce: float = Field(
-        default=2.0, ge=0, le=3600,
+        default=2.0,
+        ge=0,
+        le=3600,
         description="Seconds a burst of changes must be quiet before the changed env or cache is rescanned.",
         json_schema_extra=_flag("--watch.debounce"),
     )
@@ -119,7 +110,9 @@ class Settings(BaseModel):
         json_schema_extra=_flag("--watch.poll-interval"),
     )
     collect_packages: int = Field(
-        default=0, ge=0, le=1000,
+        default=0,
+        ge=0,
+        le=1000,
         description="Export conda_env_package_bytes for this many biggest packages of each env (0: off; "
         "each adds a series per env).",
         json_schema_extra=_flag("--collect.packages"),
@@ -182,22 +175,6 @@ class Settings(BaseModel):
         if not value.startswith("/") or value in ("/", "/healthz", "/readyz"):
             raise ValueError("must start with '/' and not be '/', '/healthz' or '/readyz'")
         return value
-
-
-def env_values(environ: Mapping[str, str]) -> dict[str, str]:
-    """The settings that ``environ`` sets: field name -> the env var's text, as is (lists are split by the
-    field's validator). A name is ``CONDA_EXPORTER_`` and the field's, in any case; of two spellings of one
-    name the later in ``environ`` wins. Other names are ignored, even with the prefix.
-
-    This is what pydantic-settings' BaseSettings did, read here instead: importing pydantic-settings costs
-    ~90 ms of CPU and 13 MiB (asyncio, dotenv, its cloud secret sources), a third of ``--once``'s start-up."""
-    prefix = ENV_PREFIX.lower()
-    values: dict[str, str] = {}
-    for key, value in environ.items():
-        name = key.lower()
-        if name.startswith(prefix) and name[len(prefix):] in Settings.model_fields:
-            values[name[len(prefix):]] = value
-    return values
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
