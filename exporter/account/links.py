@@ -109,11 +109,14 @@ def distinct_bytes(usages: Iterable[TreeUsage]) -> int:
         outside = [t.found < t.nlink for t in tables]
         ino = np.concatenate([t.ino[o] for t, o in zip(tables, outside, strict=True)])
         blocks = np.concatenate([t.blocks[o] for t, o in zip(tables, outside, strict=True)])
-        order = np.lexsort((blocks, ino))  # by inode, then fewest blocks first
-        ino, blocks = ino[order], blocks[order]
-        first = np.ones(len(ino), bool)
-        first[1:] = ino[1:] != ino[:-1]
-        total += int(blocks[first].sum()) * BLOCK_SIZE
+        if not len(ino):
+            continue
+        # Each table is sorted by inode: a stable sort merges those runs (~3x faster than lexsort with the
+        # blocks on 9M rows), and each inode's fewest blocks is the minimum over its run.
+        order = np.argsort(ino, kind="stable")
+        ino = ino[order]
+        starts = np.flatnonzero(np.concatenate(([True], ino[1:] != ino[:-1])))
+        total += int(np.minimum.reduceat(blocks[order], starts).sum(dtype=np.uint64)) * BLOCK_SIZE
     return total
 
 
