@@ -3,10 +3,12 @@ for byte, every time, and stay the same bytes until the store changes."""
 
 from __future__ import annotations
 
+import gc
 import gzip
 import shutil
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,17 @@ def test_scrapes_during_a_render_serve_the_previous_body(scanned: tuple[Path, Sn
     new = cache.render()
     assert new != old_plain and "conda_exporter_events_total 1.0" in new.decode()
     assert gzip.decompress(cache.render(gzip=True)) == new
+
+
+def test_a_replaced_snapshot_is_not_kept_alive_by_the_cache(scanned: tuple[Path, SnapshotStore]) -> None:
+    """The cache remembers which snapshot its text is of without holding it: the snapshot a scan replaced is
+    freed at once, not at the next scrape (on a tree of millions of paths, tens of MiB of inode tables)."""
+    root, store = scanned
+    cache = ExpositionCache(store)
+    cache.render()
+    assert store.snapshot is not None
+    old = weakref.ref(store.snapshot)
+    store.publish(full_scan([discover_root(str(root))], scan_options(workers=1)), "reconcile")
+    gc.collect()
+    assert old() is None  # nothing holds it now that the store has moved on
+    assert cache.render() == generate_latest(build_registry(store))  # and the new one is rendered
