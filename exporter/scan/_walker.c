@@ -407,6 +407,14 @@ static void budget_refund(walk_state *w) {
     w->budget_left = 0;
 }
 
+/* Count one look-up against the scan budget (a path's fstatat, or a look-up in a package cache): every
+ * request to the filesystem a walk makes waits for its share of the rate. */
+static inline void budget_spend(walk_state *w) {
+    if (!w->budget) return;
+    if (!w->budget_left) budget_take(w);
+    w->budget_left--;
+}
+
 static int is_metadata_dir(const char *rel, size_t len) {
     size_t n = sizeof(METADATA_DIR) - 1;
     return len >= n && memcmp(rel, METADATA_DIR, n) == 0 && (len == n || rel[n] == '/');
@@ -441,6 +449,7 @@ static int cache_dir_fd(walk_state *w, Py_ssize_t index) {
         const char *rel = len > w->top_len ? w->path + w->top_len + 1 : ".";
         struct open_how how = {.flags = O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC,
                                .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS};
+        budget_spend(w);
         fd = (int)syscall(SYS_openat2, w->entry_fd, rel, &how, sizeof how);
         if (fd < 0 && errno == ENOSYS) fd = openat(w->entry_fd, rel, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         w->path[len] = saved;
@@ -458,8 +467,10 @@ static int cache_dir_fd(walk_state *w, Py_ssize_t index) {
  * Not followed if a symlink. */
 static int in_cache(walk_state *w, Py_ssize_t index, const char *name) {
     int dir_fd = cache_dir_fd(w, index);
+    if (dir_fd < 0) return 0;
+    budget_spend(w);
     struct stat st;
-    return dir_fd >= 0 && fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
+    return fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
 }
 
 /* Make w->path the path `len` bytes long already there, then "/" and `name`; its new length, or 0 when
@@ -630,10 +641,7 @@ static int list_dir(walk_state *w) {
         if (name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'))) continue;
         size_t path_len = path_append(w, dir_len, name);
         if (!path_len) { rc = -1; break; }
-        if (w->budget) {
-            if (!w->budget_left) budget_take(w);
-            w->budget_left--;
-        }
+        budget_spend(w);
         struct stat st;
         if (fstatat(f->fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
             if ((rc = error_at(w, path_len, (uint64_t)errno)) < 0) break;

@@ -328,6 +328,8 @@ class _Lister:
             return
         result.package_blocks[package] += st.st_blocks
         if st.st_nlink == 1 and stat.S_ISREG(st.st_mode) and rel not in self.ownership.relocated[package]:
+            if self.spender is not None:  # the look-up in the cache is a request to the filesystem too
+                self.spender.spend()
             if _in_cache(self.ownership.cache_entries[package], rel):
                 result.cached_single_blocks[package] += blocks
             else:
