@@ -80,10 +80,9 @@ class Settings(BaseSettings):
         json_schema_extra=_flag("--scan.workers"),
     )
     scan_max_rate: int | None = Field(
-        default=None, ge=0, json_schema_extra=_flag("--scan.max-rate"),
-        description="Scan budget: paths stat()ed per second by full and reconcile scans (a copied file's look-up in "
-        "its package cache counts as one more), over all workers, at most in every 1 s window (0: unlimited). "
-        f"auto: unlimited on local, {NETWORK_MAX_RATE} on network filesystems.",
+        default=None, ge=0, json_schema_extra=_flag("--scan.max-rate"), description="Scan budget: paths stat()ed "
+        "per second by full and reconcile scans (a copy's look-up in its package cache: one more), over all workers, "
+        f"in every 1 s window (0: unlimited). auto: unlimited on local, {NETWORK_MAX_RATE} on network filesystems.",
     )
     scan_cross_filesystems: bool = Field(
         default=False,
