@@ -7,7 +7,7 @@
  * files in a small table of that directory's names alone, which stays in the cache while it is listed.
  *
  * Directories are not copied: they point into the keys, which the caller keeps alive until owned_free; names
- * are copied next to each other. Included once, by _walker.c, which defines hash_bytes. */
+ * are copied next to each other. Included once, by _walker.c, which defines hash_bytes and grown. */
 
 #ifndef OWNED_H
 #define OWNED_H
@@ -51,6 +51,7 @@ typedef struct {
 } owned_index;
 
 static uint64_t hash_bytes(const char *s, size_t n);
+static void *grown(void *data, size_t *cap, size_t size, size_t first);
 
 static size_t owned_split(const char *key, size_t len) { /* length of the directory part: up to the last '/' */
     const char *slash = memrchr(key, '/', len);
@@ -103,11 +104,9 @@ static int64_t owned_add_dir(owned_index *o, const char *dir, size_t len) {
     if (found < 0) {
         if ((o->ndirs + 1) * 2 > o->dir_mask + 1 && owned_grow_dirs(o) < 0) return -1;
         if (o->ndirs == o->dirs_cap) {
-            size_t cap = o->dirs_cap ? o->dirs_cap * 2 : 256;
-            owned_dir *dirs = realloc(o->dirs, cap * sizeof(owned_dir));
+            owned_dir *dirs = grown(o->dirs, &o->dirs_cap, sizeof *dirs, 256);
             if (!dirs) return -1;
             o->dirs = dirs;
-            o->dirs_cap = cap;
         }
         uint64_t h = hash_bytes(dir, len);
         o->dirs[o->ndirs] = (owned_dir){dir, (uint32_t)len, 0, 0, h};
@@ -127,11 +126,9 @@ static int owned_add(owned_index *o, const char *key, size_t len, int32_t value)
     int64_t dir = owned_add_dir(o, key, owned_split(key, len));
     if (dir < 0) return -1;
     if (o->npending == o->pending_cap) {
-        size_t cap = o->pending_cap * 2;
-        owned_pending *p = realloc(o->pending, cap * sizeof(owned_pending));
+        owned_pending *p = grown(o->pending, &o->pending_cap, sizeof *p, 1);
         if (!p) return -1;
         o->pending = p;
-        o->pending_cap = cap;
     }
     o->pending[o->npending++] = (owned_pending){key, (uint32_t)len, (uint32_t)dir, value};
     o->dirs[dir].count++;

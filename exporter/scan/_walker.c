@@ -67,6 +67,15 @@
 
 #define METADATA_DIR "conda-meta"
 
+/* `data` (an array of `*cap` elements of `size` bytes) reallocated to twice as many, or to `first` when
+ * empty; NULL when out of memory, the array and *cap then unchanged. */
+static void *grown(void *data, size_t *cap, size_t size, size_t first) {
+    size_t more = *cap ? *cap * 2 : first;
+    void *bigger = realloc(data, more * size);
+    if (bigger) *cap = more;
+    return bigger;
+}
+
 typedef struct {
     uint64_t *data;
     size_t len, cap;
@@ -74,11 +83,9 @@ typedef struct {
 
 static int u64vec_push(u64vec *v, uint64_t x) {
     if (v->len == v->cap) {
-        size_t cap = v->cap ? v->cap * 2 : 1024;
-        uint64_t *data = realloc(v->data, cap * sizeof(uint64_t));
+        uint64_t *data = grown(v->data, &v->cap, sizeof *data, 1024);
         if (!data) return -1;
         v->data = data;
-        v->cap = cap;
     }
     v->data[v->len++] = x;
     return 0;
@@ -97,11 +104,9 @@ typedef struct {
 
 static int itemvec_push(itemvec *v, const char *path, size_t len, uint64_t number) {
     if (v->len == v->cap) {
-        size_t cap = v->cap ? v->cap * 2 : 64;
-        item *data = realloc(v->data, cap * sizeof(item));
+        item *data = grown(v->data, &v->cap, sizeof *data, 64);
         if (!data) return -1;
         v->data = data;
-        v->cap = cap;
     }
     char *copy = malloc(len + 1);
     if (!copy) return -1;
@@ -143,20 +148,20 @@ static uint64_t hash_bytes(const char *s, size_t n) {
     return mix(h, hash_key[0] ^ hash_key[1]);
 }
 
-/* Open-addressing map from byte strings to int64; keys point into Python-owned or copied storage. */
+/* Open-addressing set of byte strings (the paths a walk leaves out); keys point into Python-owned or
+ * copied storage. */
 typedef struct {
     const char *key;
     size_t len;
     uint64_t hash;
-    int64_t value;
 } slot;
 
 typedef struct {
     slot *slots;
     size_t mask;
-} strmap;
+} strset;
 
-static int strmap_init(strmap *m, size_t expected) {
+static int strset_init(strset *m, size_t expected) {
     size_t size = 16;
     while (size < expected * 2) size *= 2;
     m->slots = calloc(size, sizeof(slot));
@@ -164,7 +169,7 @@ static int strmap_init(strmap *m, size_t expected) {
     return m->slots ? 0 : -1;
 }
 
-static void strmap_put(strmap *m, const char *key, size_t len, int64_t value) {
+static void strset_add(strset *m, const char *key, size_t len) {
     uint64_t h = hash_bytes(key, len);
     for (size_t i = h & m->mask;; i = (i + 1) & m->mask) {
         slot *s = &m->slots[i];
@@ -172,18 +177,17 @@ static void strmap_put(strmap *m, const char *key, size_t len, int64_t value) {
             s->key = key;
             s->len = len;
             s->hash = h;
-            s->value = value;
             return;
         }
     }
 }
 
-static slot *strmap_get(const strmap *m, const char *key, size_t len) {
+static int strset_has(const strset *m, const char *key, size_t len) {
     uint64_t h = hash_bytes(key, len);
     for (size_t i = h & m->mask;; i = (i + 1) & m->mask) {
-        slot *s = &m->slots[i];
-        if (!s->key) return NULL;
-        if (s->hash == h && s->len == len && memcmp(s->key, key, len) == 0) return s;
+        const slot *s = &m->slots[i];
+        if (!s->key) return 0;
+        if (s->hash == h && s->len == len && memcmp(s->key, key, len) == 0) return 1;
     }
 }
 
@@ -335,7 +339,7 @@ typedef struct {
     size_t top_len;
     uint64_t dev, ino;
     int cross;
-    strmap exclude;
+    strset exclude;
     owned_index owned;
     int has_owned;
     int64_t listing_dir; /* the directory being listed, in `owned` (-1: none of its files is owned) */
@@ -599,11 +603,9 @@ static int count_file(walk_state *w, int dir_fd, const char *name, const struct 
 
 static int push_pending(frame *f, const char *name, const struct stat *st) {
     if (f->npending == f->pending_cap) {
-        size_t cap = f->pending_cap ? f->pending_cap * 2 : 8;
-        subdir *p = realloc(f->pending, cap * sizeof(subdir));
+        subdir *p = grown(f->pending, &f->pending_cap, sizeof *p, 8);
         if (!p) return -1;
         f->pending = p;
-        f->pending_cap = cap;
     }
     char *copy = strdup(name);
     if (!copy) return -1;
@@ -651,7 +653,7 @@ static int list_dir(walk_state *w) {
             if ((rc = count_file(w, f->fd, name, &st, path_len, check_owner)) < 0) break;
             continue;
         }
-        if (strmap_get(&w->exclude, w->path, path_len)) continue;
+        if (strset_has(&w->exclude, w->path, path_len)) continue;
         if ((uint64_t)st.st_dev != w->dev && !w->cross) {
             w->skipped_mounts++;
             continue;
@@ -716,15 +718,13 @@ static int frame_fd(walk_state *w, size_t i) {
  * -1 when out of memory. */
 static int push_frame(walk_state *w, int fd, char *name, uint64_t dev, uint64_t ino, size_t path_len) {
     if (w->depth == w->frames_cap) {
-        size_t cap = w->frames_cap ? w->frames_cap * 2 : 64;
-        frame *frames = realloc(w->frames, cap * sizeof(frame));
+        frame *frames = grown(w->frames, &w->frames_cap, sizeof *frames, 64);
         if (!frames) {
             close(fd);
             free(name);
             return -1;
         }
         w->frames = frames;
-        w->frames_cap = cap;
     }
     w->frames[w->depth++] = (frame){fd, name, dev, ino, path_len, NULL, 0, 0};
     w->open_fds++;
@@ -795,11 +795,11 @@ static int key_bytes(PyObject *key, PyObject *holder, const char **data, size_t 
     return 0;
 }
 
-/* Fill `map` from an iterable of str (the exclude set). */
-static int fill_set(strmap *map, PyObject *keys, PyObject *holder) {
+/* Fill `set` from an iterable of str (the exclude set). */
+static int fill_set(strset *set, PyObject *keys, PyObject *holder) {
     Py_ssize_t expected = PyObject_Length(keys);
     if (expected < 0) return -1;
-    if (strmap_init(map, (size_t)expected) < 0) {
+    if (strset_init(set, (size_t)expected) < 0) {
         PyErr_NoMemory();
         return -1;
     }
@@ -809,7 +809,7 @@ static int fill_set(strmap *map, PyObject *keys, PyObject *holder) {
         const char *data;
         size_t len;
         int failed = PyList_Append(holder, key) < 0 || key_bytes(key, holder, &data, &len) < 0;
-        if (!failed) strmap_put(map, data, len, 0);
+        if (!failed) strset_add(set, data, len);
         Py_DECREF(key);
         if (failed) break;
     }
