@@ -27,7 +27,8 @@ _OPEN_STEP_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 def _in_cache(entry: str | None, rel: str) -> bool:
     """Is ``rel`` a regular file in cache entry ``entry`` (a package dir of a known cache), reached
-    following no symlink below it (as ``_walker.c``'s ``in_cache`` does with openat2)?"""
+    following no symlink below it? (``_walker.c``'s ``in_cache`` opens the directory once per listing with
+    openat2, then looks each file up with ``fstatat``; here each look-up opens it step by step.)"""
     if entry is None:
         return False
     *dirs, name = rel.split("/")

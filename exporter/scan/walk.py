@@ -179,8 +179,9 @@ def walk_tree(
     has a link, so mapped there once, not in every env linking it) hardlinked ones too (see
     :class:`TreeWalk`).
 
-    Inside a :func:`exporter.scan.budget.budgeted` block whose budget applies to ``top``, each path's ``stat``
-    is paid for from the scan budget first: the walk sleeps as long as the budget says.
+    Inside a :func:`exporter.scan.budget.budgeted` block whose budget applies to ``top``, each path's ``stat``,
+    and each look-up of a single-link file in its package's cache entry, is paid for from the scan budget
+    first: the walk sleeps as long as the budget says.
     """
     result = TreeWalk(path=top)
     try:
