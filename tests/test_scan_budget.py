@@ -8,6 +8,7 @@ windows. (strace slows the process a lot: the window check uses it with a small 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ import exporter.scan.walk
 from exporter.config import NETWORK_MAX_RATE
 from exporter.discover.roots import Discovery
 from exporter.model import ScanOptions
-from exporter.scan.budget import batch_size, budget_totals
+from exporter.scan.budget import batch_size, budget_totals, mount_type
 from exporter.snapshot.full import full_scan
 from tests.exposition import samples
 from tests.faultfs import mounted
@@ -150,3 +151,23 @@ def test_auto_budget_applies_on_a_network_filesystem(exporter_cmd: list[str], tm
                                   capture_output=True, text=True, timeout=120, check=True)
             runs[bool(given)] = samples(done.stdout)["conda_exporter_scan_budget_paths_per_second"][()]
     assert runs == {False: NETWORK_MAX_RATE, True: 0}
+
+
+def test_mount_points_of_any_bytes_are_read(tmp_path: Path) -> None:
+    """Anyone can mount a FUSE filesystem at a path of any bytes: /proc/self/mountinfo then holds a mount
+    point that is not UTF-8 (and one with a space, which the kernel writes as \\040). Reading it must
+    neither fail for every other path nor miss that mount. Real tmpfs mounts (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    odd = os.fsencode(tmp_path) + b"/\xff odd\xe2\x80\xa8name"  # not UTF-8, a space, U+2028 (a line separator)
+    os.mkdir(odd)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", odd], capture_output=True).returncode:
+        pytest.skip("tmpfs cannot be mounted here")
+    try:
+        assert mount_type(os.fsdecode(odd + b"/inside")) == "tmpfs"
+        assert mount_type(os.fsdecode(odd)) == "tmpfs"
+        found = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(tmp_path)], capture_output=True,
+                               text=True, check=True).stdout.strip()
+        assert mount_type(str(tmp_path)) == found  # every other path still resolves, as findmnt says
+    finally:
+        subprocess.run(["umount", odd], check=True)

@@ -24,6 +24,7 @@ import fcntl
 import logging
 import mmap
 import os
+import re
 import secrets
 import struct
 import tempfile
@@ -62,23 +63,28 @@ _FILE_SIZE = 4096
 _MAX_BATCH = 256
 
 
+_MOUNTINFO_ESCAPE = re.compile(r"\\([0-7]{3})")  # the kernel writes space, tab, newline and \ as \ooo
+
+
 def mount_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str:
     """Type of the filesystem holding ``path`` (longest mount point prefix), "" if unknown."""
     best, fstype = "", ""
     try:
         with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
-            lines = f.read().splitlines()
+            lines = f.read().split("\n")  # (not splitlines(), for the same reason as below)
     except OSError:
         return ""
     for line in lines:
         left, sep, right = line.partition(" - ")
-        fields = left.split()
+        fields = left.split(" ")  # (not split(): it also splits at U+2028, U+0085, ... in a path)
         if not sep or len(fields) < 5:
             continue
-        mount_point = fields[4].encode().decode("unicode_escape")
+        # (only the octal escapes are undone: other bytes, non-UTF-8 ones too, stay as os.fsdecode has them,
+        # as in ``path``; anyone can mount a FUSE filesystem at a path of any bytes)
+        mount_point = _MOUNTINFO_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), fields[4])
         inside = path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
         if inside and len(mount_point) >= len(best):
-            best, fstype = mount_point, right.split()[0]
+            best, fstype = mount_point, right.split(" ")[0]
     return fstype
 
 
